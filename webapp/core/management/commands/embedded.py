@@ -1,0 +1,140 @@
+"""`manage.py embedded`: the whole application on one machine with no services to install.
+
+Prepares the data directory (database, static files, demo accounts), then runs the web server
+(gunicorn) and one worker per queue on the file-system broker, and supervises them: if one
+stops, everything stops, with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from webapp.core.demo import ensure_demo_accounts
+
+READY_TIMEOUT_S = 60
+
+
+class Command(BaseCommand):
+    help = "Run the web server and the workers on the embedded default (SQLite, file broker)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--web-workers", type=int, default=2)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = options["host"], options["port"]
+        _refuse_busy_port(host, port)
+        logs = _prepare_data_dir()
+        self.stdout.write(f"Data directory: {settings.DATA_DIR}")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        accounts = ensure_demo_accounts()
+
+        processes = _start_processes(host, port, options["web_workers"], logs)
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            url = f"http://{host}:{port}/"
+            _wait_until_ready(url + "healthz", processes, logs)
+            self.stdout.write(self.style.SUCCESS(f"\nRLHF Feedback is running at {url}"))
+            self.stdout.write("Demo log-ins (username / password):")
+            for account in accounts:
+                self.stdout.write(
+                    f"  {account.role.label:<11} {account.username} / {account.password}"
+                )
+            self.stdout.write(f"Logs: {logs}\nPress Ctrl+C to stop.", ending="\n")
+            self.stdout.flush()
+            while not stopping:
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        raise CommandError(_died(name, process, logs))
+                time.sleep(0.5)
+            self.stdout.write("Stopping…")
+        finally:
+            _terminate(processes)
+
+
+def _refuse_busy_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise CommandError(f"Port {port} on {host} is already in use; choose one with --port.")
+
+
+def _prepare_data_dir() -> Path:
+    logs = Path(settings.DATA_DIR) / "logs"
+    for folder in (logs, Path(settings.MODEL_STORE_DIR)):
+        folder.mkdir(parents=True, exist_ok=True)
+    return logs
+
+
+def _start_processes(
+    host: str, port: int, web_workers: int, logs: Path
+) -> dict[str, subprocess.Popen[bytes]]:
+    python = sys.executable
+    worker = [python, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"]
+    commands = {
+        "web": [
+            *(python, "-m", "gunicorn", "webapp.wsgi:application"),
+            *("--bind", f"{host}:{port}", "--workers", str(web_workers)),
+            *("--access-logfile", "-"),
+        ],
+        "worker-default": [*worker, "-Q", "default", "-n", "default@%h"],
+        "worker-gpu": [*worker, "-Q", "gpu", "-n", "gpu@%h"],
+    }
+    processes = {}
+    for name, command in commands.items():
+        log = (logs / f"{name}.log").open("ab")
+        processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return processes
+
+
+def _wait_until_ready(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise CommandError(_died(name, process, logs))
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise CommandError(f"The web server did not answer {url} within {READY_TIMEOUT_S} s.")
+
+
+def _died(name: str, process: subprocess.Popen[bytes], logs: Path) -> str:
+    tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+    return f"{name} stopped with exit code {process.returncode}. Last lines of its log:\n" + (
+        "\n".join(tail)
+    )
+
+
+def _terminate(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.terminate()
+    for process in processes.values():
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
