@@ -49,8 +49,10 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,gpu"]
-        + ["--pool", "solo", "--without-mingle", "--without-gossip", "-n", "bench@%h"],
+        [
+            *(sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,gpu"),
+            *("--pool", "solo", "--without-mingle", "--without-gossip", "-n", "bench@%h"),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

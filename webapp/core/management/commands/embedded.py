@@ -64,10 +64,11 @@ class Command(BaseCommand):
             self.stdout.write(f"Logs: {logs}\nPress Ctrl+C to stop.", ending="\n")
             self.stdout.flush()
             while not stopping:
-                for name, process in processes.items():
-                    if process.poll() is not None:
-                        raise CommandError(_died(name, process, logs))
                 time.sleep(0.5)
+                # On Ctrl+C the children get the signal too and may exit first: not a failure.
+                for name, process in processes.items():
+                    if process.poll() is not None and not stopping:
+                        raise CommandError(_died(name, process, logs))
             self.stdout.write("Stopping…")
         finally:
             _terminate(processes)
