@@ -34,9 +34,9 @@ ensure_venv() {
     fi
     echo "Installing the project into ${venv#"$ROOT"/} (first run: about a minute)…"
     [ -x "$venv/bin/python" ] || "$(find_python)" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet "$(torch_pin)"
-    "$venv/bin/python" -m pip install --quiet --editable "$ROOT[$extras]"
+    "$venv/bin/python" -m pip install -qq --upgrade pip
+    "$venv/bin/python" -m pip install -qq "$(torch_pin)"
+    "$venv/bin/python" -m pip install -qq --editable "$ROOT[$extras]"
     rm -f "$venv"/.installed-*
     touch "$stamp"
 }
@@ -50,8 +50,8 @@ ensure_core_venv() {
     [ -f "$stamp" ] && return
     echo "Installing rlhf_core's dependencies (without Django) into ${venv#"$ROOT"/}…"
     [ -x "$venv/bin/python" ] || "$(find_python)" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet "$(torch_pin)"
+    "$venv/bin/python" -m pip install -qq --upgrade pip
+    "$venv/bin/python" -m pip install -qq "$(torch_pin)"
     "$venv/bin/python" - "$ROOT/pyproject.toml" >"$venv/requirements-core.txt" <<'PY'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
@@ -59,7 +59,7 @@ extras = project["optional-dependencies"]
 wanted = ("pytest", "pytest-timeout", "hypothesis")
 print("\n".join(extras["ml"] + [r for r in extras["dev"] if r.split(">")[0].split("=")[0] in wanted]))
 PY
-    "$venv/bin/python" -m pip install --quiet -r "$venv/requirements-core.txt"
+    "$venv/bin/python" -m pip install -qq -r "$venv/requirements-core.txt"
     rm -f "$venv"/.installed-*
     touch "$stamp"
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from pytest_django.live_server_helper import LiveServer
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -38,3 +39,13 @@ def page(browser: Browser) -> Iterator[Page]:
     page.set_default_timeout(15_000)
     yield page
     context.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: None, live_server: LiveServer) -> LiveServer:
+    """pytest-django's live server, set up after the test database and so torn down before it.
+
+    Its thread holds a database connection until it stops; stopped after the test database is
+    dropped, it would keep that drop from happening.
+    """
+    return live_server
