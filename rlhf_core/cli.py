@@ -1,0 +1,49 @@
+"""`python -m rlhf_core COMMAND`: a thin dispatcher over subcommands that live with their code.
+
+To add a command, write `add_<name>_command(subparsers)` in its module (it adds a parser and sets
+`run=<function taking the parsed args>` as a default) and list it in `COMMANDS`. Errors a user
+can fix (`USER_ERRORS`) print one line and exit with status 1; bad options exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from rlhf_core.corpus import DataError
+from rlhf_core.data import add_prepare_data_command
+from rlhf_core.tokenizer import TokenizerError, add_train_tokenizer_command
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    add_train_tokenizer_command,
+    add_prepare_data_command,
+)
+# OSError covers what the file system says (permission denied, disk full, a file where a directory
+# should be): the user's to fix, so a message rather than a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, TokenizerError, OSError)
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_core", description="Train and use PaLM language models with RLHF."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

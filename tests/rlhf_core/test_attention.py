@@ -1,0 +1,129 @@
+import dataclasses
+
+import pytest
+import torch
+
+from rlhf_core.attention import (
+    KVCache,
+    RelativePositionBias,
+    Rotary,
+    causal_relative_bucket,
+    positions_from_mask,
+    visibility_mask,
+)
+from rlhf_core.palm import PaLM, PaLMConfig
+
+SMALL = PaLMConfig(num_tokens=64, dim=32, depth=2, heads=4, dim_head=8)
+VARIANTS = {
+    "multi_query": SMALL,
+    "qk_norm": dataclasses.replace(SMALL, qk_norm=True),
+    "xpos": dataclasses.replace(SMALL, use_xpos=True, xpos_scale_base=16),
+    "relative_bias_geglu": dataclasses.replace(
+        SMALL, position_encoding="relative_bias", ff_activation="geglu", relative_max_distance=8
+    ),
+    "grouped_query": dataclasses.replace(SMALL, kv_heads=2),
+    "multi_head": dataclasses.replace(SMALL, kv_heads=4),
+}
+
+
+def make_model(config: PaLMConfig) -> PaLM:
+    torch.manual_seed(0)
+    model = PaLM(config).eval()
+    if config.position_encoding == "relative_bias":
+        # Zero-initialised biases would hide a wrong bucket; make every bucket distinct.
+        torch.nn.init.normal_(model.relative_bias.embedding.weight)
+    return model
+
+
+@pytest.mark.parametrize("xpos_scale_base", [None, 32])
+def test_rotary_scores_depend_only_on_the_distance_between_positions(
+    xpos_scale_base: int | None,
+) -> None:
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
+
+    def score(query_position: int, key_position: int) -> torch.Tensor:
+        query = Rotary.at(torch.tensor([[query_position]]), 16, xpos_scale_base)
+        key = Rotary.at(torch.tensor([[key_position]]), 16, xpos_scale_base)
+        return (query.rotate_queries(q) * key.rotate_keys(k)).sum()
+
+    near, far = score(7, 3), score(107, 103)
+    torch.testing.assert_close(near, far, rtol=1e-4, atol=1e-5)
+
+
+def test_xpos_shrinks_the_score_of_a_distant_key() -> None:
+    q = torch.ones(1, 1, 1, 16)
+    plain = Rotary.at(torch.tensor([[0]]), 16, None)
+    query = Rotary.at(torch.tensor([[40]]), 16, 8)
+    key = Rotary.at(torch.tensor([[0]]), 16, 8)
+    decayed = (query.rotate_queries(q) * key.rotate_keys(q)).norm()
+    assert decayed < (plain.rotate_queries(q) * plain.rotate_keys(q)).norm()
+
+
+def test_relative_buckets_are_exact_near_and_logarithmic_far() -> None:
+    distance = torch.tensor([-3, 0, 1, 15, 16, 40, 127, 128, 10_000])
+    buckets = causal_relative_bucket(distance, num_buckets=32, max_distance=128)
+    assert buckets[:4].tolist() == [0, 0, 1, 15]  # the future and the exact half
+    assert buckets[4] == 16 and buckets[5] > 16
+    assert buckets[6] <= 31 and buckets[7:].tolist() == [31, 31]
+    assert (buckets[1:].diff() >= 0).all()
+
+
+def test_relative_bias_depends_only_on_distance() -> None:
+    torch.manual_seed(0)
+    bias = RelativePositionBias(heads=2, num_buckets=8, max_distance=16)
+    torch.nn.init.normal_(bias.embedding.weight)
+    first = bias(torch.tensor([[5]]), torch.tensor([[1]]))
+    shifted = bias(torch.tensor([[105]]), torch.tensor([[101]]))
+    assert first.shape == (1, 2, 1, 1)
+    torch.testing.assert_close(first, shifted)
+
+
+def test_positions_skip_left_padding() -> None:
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_a_padding_query_sees_only_itself_and_a_real_one_never_sees_padding() -> None:
+    slots = torch.arange(3)
+    mask = visibility_mask(slots, slots, torch.tensor([[False, True, True]]))[0, 0]
+    assert mask.tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+
+
+def test_the_cache_refuses_more_tokens_than_it_has_slots() -> None:
+    cache = KVCache.empty(layers=1, batch=1, max_len=2, kv_heads=1, dim_head=4, like=torch.ones(1))
+    cache.reserve(torch.tensor([[0, 1]]), torch.tensor([[True, True]]))
+    with pytest.raises(ValueError, match="overflow"):
+        cache.reserve(torch.tensor([[2]]), torch.tensor([[True]]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_equals_full_recompute(variant: str) -> None:
+    """Prefill a left-padded batch, decode token by token; every step's logits must equal
+    those of one forward pass over the whole (padded) sequence."""
+    model = make_model(VARIANTS[variant])
+    torch.manual_seed(1)
+    prompt = torch.randint(1, 64, (2, 5))
+    prompt_mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    steps = torch.randint(1, 64, (2, 4))
+    cache = model.new_cache(batch=2, max_len=12)
+    with torch.no_grad():
+        cached = [model(prompt, attention_mask=prompt_mask, cache=cache)[:, -1]]
+        cached += [model(steps[:, i : i + 1], cache=cache)[:, -1] for i in range(4)]
+        full_tokens = torch.cat((prompt, steps), dim=1)
+        full_mask = torch.cat((prompt_mask, torch.ones_like(steps, dtype=torch.bool)), dim=1)
+        full = model(full_tokens, attention_mask=full_mask)
+    torch.testing.assert_close(torch.stack(cached, dim=1), full[:, 4:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["multi_query", "relative_bias_geglu"])
+def test_a_prefill_in_chunks_equals_one_prefill(variant: str) -> None:
+    model = make_model(VARIANTS[variant])
+    tokens = torch.randint(1, 64, (1, 6))
+    whole, chunked = model.new_cache(1, 6), model.new_cache(1, 6)
+    with torch.no_grad():
+        expected = model(tokens, cache=whole)
+        got = torch.cat(
+            (model(tokens[:, :4], cache=chunked), model(tokens[:, 4:], cache=chunked)), 1
+        )
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
