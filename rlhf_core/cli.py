@@ -11,17 +11,37 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from rlhf_core.checkpoint import CheckpointError
+from rlhf_core.commands import (
+    CommandLineError,
+    add_generate_command,
+    add_import_checkpoint_command,
+    add_pretrain_command,
+)
 from rlhf_core.corpus import DataError
 from rlhf_core.data import add_prepare_data_command
+from rlhf_core.demo import add_demo_command
+from rlhf_core.pretrain import PretrainError
 from rlhf_core.tokenizer import TokenizerError, add_train_tokenizer_command
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     add_train_tokenizer_command,
     add_prepare_data_command,
+    add_pretrain_command,
+    add_generate_command,
+    add_import_checkpoint_command,
+    add_demo_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
 # should be): the user's to fix, so a message rather than a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, TokenizerError, OSError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    TokenizerError,
+    CheckpointError,
+    PretrainError,
+    CommandLineError,
+    OSError,
+)
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
 

@@ -9,12 +9,15 @@ parameters mean what users expect).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
+from rlhf_core.attention import KVCache
 from rlhf_core.helpers import exists
 from rlhf_core.palm import PaLM
 
@@ -161,15 +164,27 @@ def generate(
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    use_cuda_graph: bool | None = None,
+    compile_step: bool = False,
 ) -> Generation:
     """Sample up to `max_new_tokens` after each prompt (1-D tensors or lists of token ids).
 
     Greedy when `temperature == 0`. Rows stop independently at `eos_token_id`. For determinism
     pass a `generator` or a `seed` (which makes a fresh generator on the model's device).
+    use_cuda_graph: replay the single-token step as a CUDA graph (see `CudaGraphStep`); None
+        means whenever the model is on a CUDA device. The tokens are the same either way.
+    compile_step: run that step through `torch.compile` (inductor), whose fused kernels make
+        it faster still (palm_150m at batch 64 on an H100: 0.93 against 1.43 ms per token
+        step). Compiling takes tens of seconds, once per process and (batch, cache length,
+        model structure), so it pays for repeated calls such as RLHF rollouts; the fused float
+        arithmetic may differ from eager in the last bits.
     """
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
     tokens, mask = left_pad(prompts, pad_token_id)
     weight = model.token_emb.weight
+    use_cuda_graph = weight.is_cuda if use_cuda_graph is None else use_cuda_graph
+    if use_cuda_graph and not weight.is_cuda:
+        raise ValueError("use_cuda_graph needs a model on a CUDA device")
     tokens, mask = tokens.to(weight.device), mask.to(weight.device)
     if seed is not None and generator is None:
         generator = torch.Generator(device=weight.device).manual_seed(seed)
@@ -185,6 +200,7 @@ def generate(
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             generator=generator,
+            step=partial(CudaGraphStep if use_cuda_graph else EagerStep, compiled=compile_step),
         )
     finally:
         model.train(was_training)
@@ -200,6 +216,7 @@ def _decode(
     eos_token_id: int | None,
     pad_token_id: int,
     generator: torch.Generator | None,
+    step: Callable[[PaLM, KVCache], EagerStep],
 ) -> Generation:
     batch = prompt.shape[0]
     out_tokens = prompt.new_full((batch, max_new_tokens), pad_token_id)
@@ -209,21 +226,115 @@ def _decode(
     seen = torch.zeros(batch, model.config.num_tokens, dtype=torch.bool, device=prompt.device)
     seen.scatter_(-1, prompt, mask)  # padding is not part of the prompt: it is never "seen"
 
-    cache = model.new_cache(batch, prompt.shape[1] + max_new_tokens)
-    logits = model(prompt, attention_mask=mask, cache=cache)[:, -1]
-    for step in range(max_new_tokens):
+    cache = model.new_cache(batch, cache_slots(prompt.shape[1] + max_new_tokens))
+    logits = last_token_logits(model, prompt, cache, mask)
+    next_logits = step(model, cache)
+    for index in range(max_new_tokens):
         token, logprob = sampler(logits, seen, generator)
         token = token.masked_fill(finished, pad_token_id)
-        out_tokens[:, step] = token
-        out_logprobs[:, step] = logprob.masked_fill(finished, 0.0)
+        out_tokens[:, index] = token
+        out_logprobs[:, index] = logprob.masked_fill(finished, 0.0)
         lengths += (~finished).long()
         seen.scatter_(-1, token[:, None], True)
         if exists(eos_token_id):
             finished |= token == eos_token_id
             if finished.all():
                 break
-        if step + 1 < max_new_tokens:
+        if index + 1 < max_new_tokens:
             # Finished rows keep decoding padding: the batch keeps its shape, their output is
             # discarded, and a real row never attends to another row.
-            logits = model(token[:, None], cache=cache)[:, -1]
+            logits = next_logits(token)
     return Generation(out_tokens, out_logprobs, lengths)
+
+
+def cache_slots(tokens: int) -> int:
+    """Cache length for `tokens`, rounded up to a multiple of 16.
+
+    SDPA's memory-efficient kernel needs the key axis of its mask aligned to 16 elements and
+    pads a copy of the mask in every layer when it is not; the extra slots stay masked out.
+    """
+    return -(-tokens // 16) * 16
+
+
+def last_token_logits(
+    model: PaLM, tokens: Tensor, cache: KVCache, mask: Tensor | None = None
+) -> Tensor:
+    """Appends `tokens` (b n) to `cache`; returns the next-token logits (b v) after the last one.
+
+    Only the last position goes through the output head: a prefill of 64 x 64 tokens would
+    otherwise make 800 MB of float32 logits for one row of them.
+    """
+    hidden = model(tokens, attention_mask=mask, cache=cache, return_hidden=True)
+    return model.logits_from_hidden(hidden[:, -1])
+
+
+@functools.cache
+def compiled_last_token_logits() -> Callable[[PaLM, Tensor, KVCache], Tensor]:
+    """`last_token_logits` through torch.compile, one wrapper per process: compiled code is kept
+    per wrapper, so a fresh wrapper for each `generate` call would compile again."""
+    return torch.compile(last_token_logits)
+
+
+class EagerStep:
+    """One decode step, token (b) to next-token logits (b v), launched op by op (or by fused
+    kernel with `compiled`)."""
+
+    def __init__(self, model: PaLM, cache: KVCache, *, compiled: bool = False) -> None:
+        self.model, self.cache = model, cache
+        self.forward = compiled_last_token_logits() if compiled else last_token_logits
+
+    def __call__(self, token: Tensor) -> Tensor:
+        return self.forward(self.model, token[:, None], self.cache)
+
+
+class CudaGraphStep(EagerStep):
+    """The decode step captured once as a CUDA graph, then replayed: one launch per step.
+
+    A step is a few hundred tiny kernels whose launch costs far exceed their work, so eager
+    decoding leaves the GPU idle most of the time. The graph is bound to the addresses of this
+    cache and of its own token and logits buffers; the cache writes through its device cursor,
+    so each replay lands one slot further. Captured per `generate` call (about 40 ms for
+    palm_150m), never reused: a graph would silently keep stale control flow (LoRA scopes,
+    merges) from an earlier call.
+    """
+
+    def __init__(self, model: PaLM, cache: KVCache, *, compiled: bool = False) -> None:
+        super().__init__(model, cache, compiled=compiled)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_token = torch.empty(0)
+        self.static_logits = torch.empty(0)
+
+    def __call__(self, token: Tensor) -> Tensor:
+        if self.graph is None:
+            return self._run_and_capture(token)
+        self.cache.claim(1)  # the replay moves the device cursor; the host count follows here
+        self.static_token.copy_(token)
+        self.graph.replay()
+        # The buffer is overwritten by the next replay; the caller samples from it before that.
+        return self.static_logits
+
+    def _run_and_capture(self, token: Tensor) -> Tensor:
+        # Both on a side stream, as capture requires. The first step runs uncaptured (lazy set-up
+        # such as cuBLAS workspaces, compilation and Triton's autotuning must happen outside the
+        # graph) and its result is used. The capture calls capture_begin/end itself:
+        # `torch.cuda.graph` would also empty the allocator's cache on every call, which every
+        # later allocation of a training loop would then pay for.
+        main, side = torch.cuda.current_stream(), torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(main)
+        graph = torch.cuda.CUDAGraph()
+        claimed = self.cache.length + 1
+        self.static_token = token.clone()
+        with torch.cuda.stream(side):
+            logits = super().__call__(token)
+            graph.capture_begin()
+            try:
+                self.static_logits = super().__call__(self.static_token)
+            finally:
+                graph.capture_end()
+        main.wait_stream(side)
+        logits.record_stream(main)
+        # Capture records kernels without running them: the device cursor has not moved, so
+        # the host count must not either.
+        self.cache.length = claimed
+        self.graph = graph
+        return logits

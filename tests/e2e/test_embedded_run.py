@@ -66,14 +66,15 @@ def read_banner(process: subprocess.Popen[str], timeout: float) -> str:
 def running_app(tmp_path: Path) -> Iterator[RunningApp]:
     port = free_port()
     process = subprocess.Popen(
-        [str(ROOT / "bin" / "run"), "--port", str(port)],
+        # Two pretraining steps: the whole demo path runs, in seconds rather than minutes.
+        [str(ROOT / "bin" / "run"), "--port", str(port), "--demo-steps", "2"],
         cwd=tmp_path,
         env=embedded_env(tmp_path / "data"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    banner = read_banner(process, timeout=180)
+    banner = read_banner(process, timeout=300)
     yield RunningApp(process, f"http://127.0.0.1:{port}", banner, tmp_path / "data")
     if process.poll() is None:
         process.kill()
@@ -107,6 +108,9 @@ def test_the_run_command_serves_the_app_and_its_workers_answer(running_app: Runn
     assert "admin / demo-admin" in running_app.banner
     assert "annotator / demo-annotator" in running_app.banner
     assert (running_app.data_dir / "db.sqlite3").is_file()  # the embedded default is SQLite
+    demo_model = running_app.data_dir / "models" / "demo" / "run" / "final"
+    assert (demo_model / "model.safetensors").is_file()
+    assert "demo model: step 2" in running_app.banner
 
     browser = Browser(running_app.url)
     login_page = browser.get("/accounts/login/")

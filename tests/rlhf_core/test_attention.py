@@ -7,6 +7,7 @@ from rlhf_core.attention import (
     KVCache,
     RelativePositionBias,
     Rotary,
+    additive_mask,
     causal_relative_bucket,
     positions_from_mask,
     visibility_mask,
@@ -95,6 +96,30 @@ def test_the_cache_refuses_more_tokens_than_it_has_slots() -> None:
     cache.reserve(torch.tensor([[0, 1]]), torch.tensor([[True, True]]))
     with pytest.raises(ValueError, match="overflow"):
         cache.reserve(torch.tensor([[2]]), torch.tensor([[True]]))
+
+
+def test_the_cache_writes_at_its_device_cursor_and_counts_on_the_host() -> None:
+    cache = KVCache.empty(layers=2, batch=2, max_len=4, kv_heads=1, dim_head=3, like=torch.ones(1))
+    first = cache.reserve(
+        torch.tensor([[0, 1], [0, 0]]), torch.tensor([[True, True], [False, True]])
+    )
+    second = cache.reserve(torch.tensor([[2], [1]]), torch.tensor([[True], [True]]))
+    assert first.tolist() == [0, 1] and second.tolist() == [2]
+    assert cache.cursor.item() == cache.length == 3
+    assert cache.valid.tolist() == [[True, True, True, False], [False, True, True, False]]
+    assert cache.positions[:, :3].tolist() == [[0, 1, 2], [0, 0, 1]]
+    keys = torch.randn(2, 1, 1, 3)
+    stored, _ = cache.write(1, second, keys, -keys)
+    torch.testing.assert_close(stored[:, :, 2:3], keys)
+    assert (cache.keys[0] == 0).all() and (cache.values[1][:, :, 2:3] == -keys).all()
+
+
+def test_the_additive_mask_is_the_bias_where_visible_and_minus_infinity_elsewhere() -> None:
+    visible = torch.tensor([[[[True, False], [True, True]]]])
+    bias = torch.tensor([[[[0.5, 0.75], [0.25, -1.5]]]])
+    inf = float("-inf")
+    assert additive_mask(visible, None, torch.float32).tolist() == [[[[0.0, inf], [0.0, 0.0]]]]
+    assert additive_mask(visible, bias, torch.float32).tolist() == [[[[0.5, inf], [0.25, -1.5]]]]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -4,7 +4,9 @@ import torch
 from rlhf_core.generation import (
     Sampler,
     apply_repetition_penalty,
+    cache_slots,
     generate,
+    last_token_logits,
     left_pad,
     min_p_filter,
     top_k_filter,
@@ -160,3 +162,20 @@ def test_generation_restores_training_mode(model: PaLM) -> None:
     model.train()
     generate(model, [[1, 2]], max_new_tokens=1)
     assert model.training
+
+
+def test_the_cache_is_rounded_up_to_whole_blocks_of_16_slots() -> None:
+    assert [cache_slots(n) for n in (1, 16, 17, 320)] == [16, 16, 32, 320]
+
+
+def test_last_token_logits_equal_the_last_column_of_a_full_forward(model: PaLM) -> None:
+    tokens, mask = left_pad(PROMPTS, pad_token_id=0)
+    with torch.no_grad():
+        got = last_token_logits(model, tokens, model.new_cache(3, 8), mask)
+        expected = model(tokens, attention_mask=mask)[:, -1]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_graphs_are_refused_for_a_model_on_the_cpu(model: PaLM) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        generate(model, PROMPTS, max_new_tokens=2, use_cuda_graph=True)

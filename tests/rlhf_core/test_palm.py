@@ -87,6 +87,7 @@ def test_the_config_survives_a_json_round_trip() -> None:
     [
         ({"heads": 4, "kv_heads": 3}, "multiple of kv_heads"),
         ({"sdpa_backends": ("warp",)}, "sdpa_backends"),
+        ({"sdpa_causal_backends": ()}, "sdpa_causal_backends"),
         ({"use_xpos": True, "position_encoding": "relative_bias"}, "xPos"),
         ({"ff_activation": "relu"}, "ff_activation"),
     ],

@@ -1,8 +1,8 @@
 """`manage.py embedded`: the whole application on one machine with no services to install.
 
-Prepares the data directory (database, static files, demo accounts), then runs the web server
-(gunicorn) and one worker per queue on the file-system broker, and supervises them: if one
-stops, everything stops, with the tail of its log.
+Prepares the data directory (database, static files, demo accounts, the demo model), then runs
+the web server (gunicorn) and one worker per queue on the file-system broker, and supervises
+them: if one stops, everything stops, with the tail of its log.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--web-workers", type=int, default=2)
+        parser.add_argument(
+            "--demo-steps",
+            type=int,
+            default=None,
+            help="pretraining steps of the demo model (rlhf_core's default); 0: no demo model",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
@@ -42,6 +48,10 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         accounts = ensure_demo_accounts()
+        if options["demo_steps"] != 0:
+            self.stdout.write("Demo model (a tiny PaLM pretrained on Shakespeare):")
+            self.stdout.flush()
+            _build_demo_model(options["demo_steps"])
 
         processes = _start_processes(host, port, options["web_workers"], logs)
         stopping = False
@@ -78,6 +88,27 @@ def _refuse_busy_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         if probe.connect_ex((host, port)) == 0:
             raise CommandError(f"Port {port} on {host} is already in use; choose one with --port.")
+
+
+def _build_demo_model(steps: int | None) -> None:
+    """Run rlhf_core's demo command in its own process: the web side never imports model code.
+
+    Its progress bars go straight to this terminal. A model already built is reused at once, and
+    an interrupted pretraining resumes on the next start.
+    """
+    command = [sys.executable, "-m", "rlhf_core", "demo", "--out", str(_demo_model_dir())]
+    if steps is not None:
+        command += ["--steps", str(steps)]
+    try:
+        result = subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        raise CommandError("Interrupted; start again to resume the demo's training.") from None
+    if result.returncode != 0:
+        raise CommandError(f"Building the demo model failed (exit {result.returncode}), see above.")
+
+
+def _demo_model_dir() -> Path:
+    return Path(settings.MODEL_STORE_DIR) / "demo"
 
 
 def _prepare_data_dir() -> Path:
