@@ -57,10 +57,12 @@ def flops_per_token(config: PaLMConfig, params: int, seq: int) -> float:
     return 6 * params + 12 * config.depth * seq * config.heads * config.dim_head
 
 
-def make_step(model: PaLM, device: torch.device, compile_loss: bool) -> Callable[[Tensor], Tensor]:
+def make_step(
+    model: PaLM, device: torch.device, compile_loss: bool, compile_mode: str | None = None
+) -> Callable[[Tensor], Tensor]:
     loss_fn: Callable[[PaLM, Tensor], Tensor] = next_token_loss
     if compile_loss:
-        loss_fn = torch.compile(next_token_loss)
+        loss_fn = torch.compile(next_token_loss, mode=compile_mode)
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=cuda)
 
@@ -92,6 +94,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=2048, help="tokens per row the model sees")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
+    parser.add_argument(
+        "--compile-mode",
+        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: the default mode)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -114,7 +120,7 @@ def main() -> None:
         backends = tuple(args.sdpa_backends.split(","))
         config = dataclasses.replace(config, sdpa_causal_backends=backends)
     model = PaLM(config).to(device).train()
-    step = make_step(model, device, args.compile)
+    step = make_step(model, device, args.compile, args.compile_mode)
     # Random tokens, never zeros, in a few batches that rotate.
     batches = [
         torch.randint(0, config.num_tokens, (args.batch, args.seq + 1), device=device)
@@ -153,6 +159,7 @@ def record(
         "batch": args.batch,
         "seq": args.seq,
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
         # The CPU picks its own attention kernel; the list applies on CUDA only.
         "sdpa_backends": ",".join(config.sdpa_causal_backends) if cuda else None,
         "steps": args.steps,

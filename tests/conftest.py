@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 
 from webapp.accounts.models import Role, User
@@ -118,3 +120,23 @@ def client_for(user: User | None) -> Client:
     if user is not None:
         client.force_login(user)
     return client
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's test database, with every session still open on it ended before the drop.
+
+    Django keeps connections per thread and per context; after the browser tests (Playwright's
+    sync API switches greenlets) the connection opened first in the main thread is no longer the
+    one Django closes, and its idle session would keep the test database from being dropped.
+    """
+    yield
+    database = connections["default"]
+    if database.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), database._nodb_cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database.settings_dict["NAME"]],
+        )

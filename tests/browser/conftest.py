@@ -43,9 +43,5 @@ def page(browser: Browser) -> Iterator[Page]:
 
 @pytest.fixture(scope="session")
 def live_server(django_db_setup: None, live_server: LiveServer) -> LiveServer:
-    """pytest-django's live server, set up after the test database and so torn down before it.
-
-    Its thread holds a database connection until it stops; stopped after the test database is
-    dropped, it would keep that drop from happening.
-    """
+    """pytest-django's live server, set up after the test database and so stopped before it."""
     return live_server
