@@ -15,25 +15,7 @@ from rlhf_core.palm import (
     palm_410m,
     tiny,
 )
-
-SMALL = PaLMConfig(num_tokens=64, dim=32, depth=2, heads=4, dim_head=8)
-VARIANTS = {
-    "multi_query": SMALL,
-    "qk_norm": dataclasses.replace(SMALL, qk_norm=True),
-    "xpos": dataclasses.replace(SMALL, use_xpos=True, xpos_scale_base=16),
-    "relative_bias_geglu": dataclasses.replace(
-        SMALL, position_encoding="relative_bias", ff_activation="geglu"
-    ),
-    "grouped_query": dataclasses.replace(SMALL, kv_heads=2),
-}
-
-
-def make_model(config: PaLMConfig) -> PaLM:
-    torch.manual_seed(0)
-    model = PaLM(config).eval()
-    if config.position_encoding == "relative_bias":
-        torch.nn.init.normal_(model.relative_bias.embedding.weight)
-    return model
+from tests.rlhf_core.model_variants import SMALL, VARIANTS, make_model
 
 
 def parameter_count(config: PaLMConfig) -> int:
