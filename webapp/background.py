@@ -24,9 +24,3 @@ def enqueue_after_commit(task_name: str, *ids: int) -> None:
     if not all(isinstance(pk, int) for pk in ids):
         raise TypeError("Background tasks carry primary keys (integers) only.")
     transaction.on_commit(lambda: app.send_task(task_name, args=list(ids)), robust=False)
-
-
-def queue_of(task_name: str) -> str:
-    """The queue a task name is routed to, as the broker will see it."""
-    route = app.amqp.router.route({}, task_name)
-    return str(route["queue"].name)
