@@ -109,7 +109,7 @@ def save_checkpoint(
         name: tensor.detach().cpu().contiguous()
         for name, tensor in (model.state_dict() if state_dict is None else state_dict).items()
     }
-    staging = _sibling(directory, "partial")
+    staging = sibling_path(directory, "partial")
     staging.mkdir(parents=True)
     try:
         save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -119,7 +119,7 @@ def save_checkpoint(
         written = replace(
             metadata or CheckpointMetadata(),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            weights_sha256=_sha256(staging / WEIGHTS_FILE),
+            weights_sha256=file_sha256(staging / WEIGHTS_FILE),
         )
         _write_json(staging / METADATA_FILE, asdict(written))
         replace_directory(staging, directory)
@@ -144,7 +144,7 @@ def load_checkpoint(
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError("missing weights file", weights_path)
-    if _sha256(weights_path) != metadata.weights_sha256:
+    if file_sha256(weights_path) != metadata.weights_sha256:
         raise CheckpointError(f"SHA-256 differs from the one in {METADATA_FILE}", weights_path)
     try:
         weights = load_file(weights_path)
@@ -242,13 +242,13 @@ def config_fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_model_config(path: Path) -> PaLMConfig:
     try:
-        return palm_config_from_dict(_read_json(path))
+        return palm_config_from_dict(read_json(path))
     except ValueError as error:
         raise CheckpointError(str(error), path) from error
 
 
 def read_metadata(path: Path) -> CheckpointMetadata:
-    values = _read_json(path)
+    values = read_json(path)
     try:
         metadata = CheckpointMetadata(**values)
     except TypeError as error:
@@ -270,7 +270,7 @@ def replace_directory(source: Path, target: Path) -> None:
     if not target.exists():
         os.replace(source, target)
         return
-    old = _sibling(target, "old")
+    old = sibling_path(target, "old")
     os.replace(target, old)
     try:
         os.replace(source, target)
@@ -280,7 +280,7 @@ def replace_directory(source: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
-def _sibling(path: Path, purpose: str) -> Path:
+def sibling_path(path: Path, purpose: str) -> Path:
     # Hidden and unique, so concurrent writers never share one and directory listings skip it.
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{purpose}")
 
@@ -328,7 +328,7 @@ def _check_vocabulary(tokenizer: Tokenizer, config: PaLMConfig, path: Path) -> N
         )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError("missing file", path)
     try:
@@ -345,6 +345,6 @@ def _write_json(path: Path, values: Mapping[str, Any]) -> None:
         handle.write(json.dumps(values, indent=2).encode("utf-8"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
