@@ -21,7 +21,11 @@ from rlhf_core.commands import (
 from rlhf_core.corpus import DataError
 from rlhf_core.data import add_prepare_data_command
 from rlhf_core.demo import add_demo_command
+from rlhf_core.dpo import add_dpo_command
+from rlhf_core.finetuning import FineTuneError
 from rlhf_core.pretrain import PretrainError
+from rlhf_core.records import RecordError
+from rlhf_core.sft import add_sft_command
 from rlhf_core.tokenizer import TokenizerError, add_train_tokenizer_command
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -31,6 +35,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     add_generate_command,
     add_import_checkpoint_command,
     add_demo_command,
+    add_sft_command,
+    add_dpo_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
 # should be): the user's to fix, so a message rather than a traceback.
@@ -40,6 +46,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError,
     PretrainError,
     CommandLineError,
+    FineTuneError,
+    RecordError,
     OSError,
 )
 EXIT_USER_ERROR = 1

@@ -297,13 +297,15 @@ def dpo_loss(
     *,
     beta: float,
     label_smoothing: float = 0.0,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023, eq. 7), sequence log-probs (b) -> (loss, chosen, rejected).
 
     Implicit rewards β(log π - log π_ref) per response (detached, for metrics); the loss is
     -log sigmoid(r_c - r_r). `label_smoothing` ε is conservative DPO (Mitchell 2023, "A note on
     DPO with noisy preferences"): each label is wrong with probability ε, so the loss becomes
-    -(1-ε) log sigmoid(z) - ε log sigmoid(-z) and stops pushing z to infinity.
+    -(1-ε) log sigmoid(z) - ε log sigmoid(-z) and stops pushing z to infinity. Optional
+    per-pair `weights` (b) give a weighted mean.
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
@@ -311,7 +313,7 @@ def dpo_loss(
     rejected = beta * (policy_rejected_logps - ref_rejected_logps.detach())
     z = chosen - rejected
     losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-    return losses.mean(), chosen.detach(), rejected.detach()
+    return _weighted_mean(losses, weights), chosen.detach(), rejected.detach()
 
 
 # KL coefficient schedules for the penalty in `kl_penalty_rewards`.

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_core.losses import (
@@ -351,3 +352,12 @@ def test_fixed_kl_controller_never_moves() -> None:
     controller = FixedKLController(0.05)
     controller.update(current_kl=100.0, n_steps=1000)
     assert controller.value == 0.05
+
+
+def test_dpo_loss_weights_pairs() -> None:
+    # Per-pair losses softplus(-z) for z = 0.1 * (1 - 0) and 0.1 * (-1 - 0): weights 3 and 1.
+    chosen = torch.tensor([1.0, -1.0])
+    zeros = torch.zeros(2)
+    loss, _, _ = dpo_loss(chosen, zeros, zeros, zeros, beta=0.1, weights=torch.tensor([3.0, 1.0]))
+    expected = (3 * F.softplus(torch.tensor(-0.1)) + F.softplus(torch.tensor(0.1))) / 4
+    assert torch.isclose(loss, expected)
