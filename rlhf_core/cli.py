@@ -25,6 +25,8 @@ from rlhf_core.dpo import add_dpo_command
 from rlhf_core.finetuning import FineTuneError
 from rlhf_core.pretrain import PretrainError
 from rlhf_core.records import RecordError
+from rlhf_core.reward_labels import RewardTrainingError
+from rlhf_core.reward_training import add_train_reward_command
 from rlhf_core.sft import add_sft_command
 from rlhf_core.tokenizer import TokenizerError, add_train_tokenizer_command
 
@@ -36,6 +38,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     add_import_checkpoint_command,
     add_demo_command,
     add_sft_command,
+    add_train_reward_command,
     add_dpo_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
@@ -48,6 +51,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     CommandLineError,
     FineTuneError,
     RecordError,
+    RewardTrainingError,
     OSError,
 )
 EXIT_USER_ERROR = 1
