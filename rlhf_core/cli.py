@@ -23,6 +23,8 @@ from rlhf_core.data import add_prepare_data_command
 from rlhf_core.demo import add_demo_command
 from rlhf_core.dpo import add_dpo_command
 from rlhf_core.finetuning import FineTuneError
+from rlhf_core.ppo import PPOError
+from rlhf_core.ppo_command import add_ppo_command
 from rlhf_core.pretrain import PretrainError
 from rlhf_core.records import RecordError
 from rlhf_core.reward_labels import RewardTrainingError
@@ -40,6 +42,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     add_sft_command,
     add_train_reward_command,
     add_dpo_command,
+    add_ppo_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
 # should be): the user's to fix, so a message rather than a traceback.
@@ -52,6 +55,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     FineTuneError,
     RecordError,
     RewardTrainingError,
+    PPOError,
     OSError,
 )
 EXIT_USER_ERROR = 1

@@ -1,0 +1,144 @@
+"""`python -m rlhf_core ppo`: PPO from a policy checkpoint against a saved reward model.
+
+It only translates options into `rlhf_core.ppo_trainer.train_ppo` and writes the run directory:
+  OUT/state.pt        everything needed to resume (run the same command again to continue)
+  OUT/metrics.jsonl   one line of metrics per iteration
+  OUT/final/          the trained policy as a PaLM checkpoint (LoRA merged), after the last step
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
+from rlhf_core.lora import merge, unmerge
+from rlhf_core.ppo import POLICY_SCOPE, PPOConfig, PPOError, PPOPolicy
+from rlhf_core.ppo_trainer import PPOResult, train_ppo
+from rlhf_core.reward import value_head_from_reward
+from rlhf_core.reward_io import load_reward_model
+from rlhf_core.rollout import reward_model_scorer
+from rlhf_core.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+# Options that set a PPOConfig field of the same name (dashes for underscores).
+_CONFIG_OPTIONS: dict[str, type[int] | type[float]] = {
+    "steps": int,
+    "rollout_batch_size": int,
+    "minibatch_size": int,
+    "grad_accum_steps": int,
+    "ppo_epochs": int,
+    "max_new_tokens": int,
+    "temperature": float,
+    "lr": float,
+    "init_kl_coef": float,
+    "vf_coef": float,
+    "entropy_coef": float,
+    "checkpoint_every": int,
+    "seed": int,
+}
+
+
+def add_ppo_command(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ppo",
+        help="fine-tune a policy with PPO against a reward model",
+        description="PPO (RLHF) from a PaLM checkpoint against a reward model saved by the "
+        "reward trainer. Writes OUT/state.pt, OUT/metrics.jsonl and OUT/final; run the same "
+        "command again to resume.",
+    )
+    parser.add_argument("--policy", type=Path, required=True, metavar="CKPT")
+    parser.add_argument("--reward", type=Path, required=True, metavar="RM_DIR")
+    parser.add_argument(
+        "--prompts", type=Path, required=True, metavar="FILE", help='JSONL rows {"prompt": ...}'
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory")
+    defaults = PPOConfig()
+    for name, kind in _CONFIG_OPTIONS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, name),
+            help="(default: %(default)s)",
+        )
+    parser.add_argument("--target-kl", type=float, help="stop an update past this approx-KL")
+    parser.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank only")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.set_defaults(run=_run_ppo)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The "prompt" of every non-blank line of a JSONL file."""
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append(str(row["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise PPOError(f'{path}:{number}: not a JSON object with a "prompt"') from error
+    if not prompts:
+        raise PPOError(f"{path}: no prompts")
+    return prompts
+
+
+def _config(args: argparse.Namespace) -> PPOConfig:
+    values: dict[str, Any] = {name: getattr(args, name) for name in _CONFIG_OPTIONS}
+    return PPOConfig(**values, target_kl=args.target_kl)
+
+
+def _run_ppo(args: argparse.Namespace) -> None:
+    config = _config(args)  # checks the values before the (slow) loads
+    prompts = read_prompts(args.prompts)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = load_checkpoint(args.policy, device=device)
+    reward_model, reward_tokenizer = load_reward_model(args.reward, device=device)
+    fits = (
+        reward_model.config.pairwise and reward_model.backbone.config.dim == checkpoint.config.dim
+    )
+    # A reward model of another width cannot lend its head: the critic then starts at zero.
+    value_head = value_head_from_reward(reward_model) if fits else None
+    policy = PPOPolicy(checkpoint.model.train(), value_head, lora_rank=args.lora_rank)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = train_ppo(
+        policy,
+        # Scored with the reward model's own tokenizer, whatever the policy's.
+        reward_model_scorer(reward_model, reward_tokenizer),
+        checkpoint.tokenizer,
+        prompts,
+        config,
+        metrics_file=args.out / "metrics.jsonl",
+        state_file=args.out / "state.pt",
+    )
+    if not result.stopped_early:
+        export_policy(policy, checkpoint.tokenizer, args.out / "final", result, config)
+    print(f"PPO: {result.steps} steps; score {result.metrics.get('score', float('nan')):.4f}")
+
+
+def export_policy(
+    policy: PPOPolicy, tokenizer: Tokenizer, directory: Path, result: PPOResult, config: PPOConfig
+) -> None:
+    """Save the policy as a plain PaLM checkpoint: LoRA adapters folded into the weights."""
+    model = policy.policy
+    metadata = CheckpointMetadata(
+        step=result.steps,
+        metrics={key: result.metrics[key] for key in ("score", "kl") if key in result.metrics},
+        extra={"trainer": "ppo", "ppo": dataclasses.asdict(config)},
+    )
+    if policy.lora_scope is None:
+        save_checkpoint(directory, model, tokenizer, metadata=metadata)
+        return
+    merge(model, POLICY_SCOPE)
+    try:
+        weights = {k: v for k, v in model.state_dict().items() if ".adapters." not in k}
+        save_checkpoint(directory, model, tokenizer, metadata=metadata, state_dict=weights)
+    finally:
+        unmerge(model, POLICY_SCOPE)
