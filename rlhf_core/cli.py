@@ -22,6 +22,7 @@ from rlhf_core.corpus import DataError
 from rlhf_core.data import add_prepare_data_command
 from rlhf_core.demo import add_demo_command
 from rlhf_core.dpo import add_dpo_command
+from rlhf_core.evaluation import add_best_of_n_command, add_evaluate_command
 from rlhf_core.finetuning import FineTuneError
 from rlhf_core.ppo import PPOError
 from rlhf_core.ppo_command import add_ppo_command
@@ -43,6 +44,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     add_train_reward_command,
     add_dpo_command,
     add_ppo_command,
+    add_evaluate_command,
+    add_best_of_n_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
 # should be): the user's to fix, so a message rather than a traceback.
