@@ -53,6 +53,9 @@ class PPOConfig:
     rollout_batch_size: int = 16  # prompts sampled per iteration
     max_new_tokens: int = 32
     temperature: float = 1.0  # sampling; the log-probs PPO uses are at this temperature too
+    # Compile generation's decode step (CUDA): tens of seconds once, then every rollout of the
+    # run decodes about 1.5x faster (see generation.generate).
+    compile_step: bool = False
     minibatch_size: int = 8  # rollout rows per optimizer step
     grad_accum_steps: int = 1  # micro-batches per minibatch (same gradient, less memory)
     ppo_epochs: int = 4  # passes over the rollout

@@ -161,6 +161,7 @@ def sample_responses(
             eos_token_id=tokenizer.eos_id,
             pad_token_id=tokenizer.pad_id,
             generator=generator,
+            compile_step=config.compile_step,
         )
     return generation.tokens, generation.lengths
 
