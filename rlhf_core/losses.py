@@ -104,18 +104,25 @@ def ranking_loss(rewards: Tensor, order: Tensor, *, weights: Tensor | None = Non
     return _weighted_mean(pair_losses.mean(dim=-1), weights)
 
 
-def ordinal_likert_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+def ordinal_likert_loss(
+    logits: Tensor, labels: Tensor, mask: Tensor, weights: Tensor | None = None
+) -> Tensor:
     """Cross-entropy over score bins per attribute (HelpSteer-style), masked mean -> ().
 
     logits (b a c), labels (b a) as bin indices (score - scale minimum), mask (b a) False where
-    an attribute was not rated. Cross-entropy rather than regression keeps the whole
-    distribution over levels, from which `expected_score` gives a deterministic reward.
+    an attribute was not rated, optional per-rating weights (b). Cross-entropy rather than
+    regression keeps the whole distribution over levels, from which `expected_score` gives a
+    deterministic reward.
     """
     mask = mask.bool()
     logits = _zero_outside(logits, mask.unsqueeze(-1))
     labels = _zero_outside(labels, mask)
     per_label = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-    return masked_mean(per_label.view_as(labels).to(logits.dtype), mask)
+    per_label = per_label.view_as(labels).to(logits.dtype)
+    if weights is None:
+        return masked_mean(per_label, mask)
+    weighted_mask = mask * weights.to(logits.dtype).unsqueeze(-1)
+    return (per_label * weighted_mask).sum() / weighted_mask.sum().clamp(min=1e-12)
 
 
 def expected_score(logits: Tensor, bin_values: Tensor) -> Tensor:

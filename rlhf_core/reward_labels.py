@@ -97,6 +97,7 @@ class LikertItem:
     prompt: str
     response: str
     labels: tuple[int, ...]
+    weight: float = 1.0
 
 
 Item = PairItem | LikertItem
@@ -153,10 +154,9 @@ def _likert_item(rating: LikertRating, heads: RewardHeadConfig) -> LikertItem:
         raise RewardTrainingError(
             f"Likert attributes {unknown} are not among the model's {list(heads.attributes)}"
         )
-    # A rating's weight is not used: ordinal_likert_loss takes none.
     scores = rating.scores
     labels = tuple(scores[name] - low if name in scores else -1 for name in heads.attributes)
-    return LikertItem(rating.prompt, rating.response, labels)
+    return LikertItem(rating.prompt, rating.response, labels, rating.weight)
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,11 @@ def label_losses(
             losses[kind] = bradley_terry_loss(first, second, margin=margin[keep], weights=weights)
     labels = _likert_labels(items, device)
     if scores.likert_logits is not None and len(labels) and config.loss_weights["likert"] > 0:
+        weights = torch.tensor(
+            [item.weight for item in items if isinstance(item, LikertItem)], device=device
+        )
         losses["likert"] = ordinal_likert_loss(
-            scores.likert_logits, labels.clamp(min=0), labels >= 0
+            scores.likert_logits, labels.clamp(min=0), labels >= 0, weights
         )
     return losses
 

@@ -361,3 +361,16 @@ def test_dpo_loss_weights_pairs() -> None:
     loss, _, _ = dpo_loss(chosen, zeros, zeros, zeros, beta=0.1, weights=torch.tensor([3.0, 1.0]))
     expected = (3 * F.softplus(torch.tensor(-0.1)) + F.softplus(torch.tensor(0.1))) / 4
     assert torch.isclose(loss, expected)
+
+
+def test_ordinal_likert_loss_weights_ratings() -> None:
+    # Row 0 puts all mass on its label (loss ~0); row 1 is uniform over 3 bins (loss log 3).
+    logits = torch.tensor([[[100.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[0], [2]])
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    unweighted = ordinal_likert_loss(logits, labels, mask)
+    assert torch.isclose(unweighted, torch.tensor(math.log(3) / 2))
+    weighted = ordinal_likert_loss(logits, labels, mask, torch.tensor([3.0, 1.0]))
+    assert torch.isclose(weighted, torch.tensor(math.log(3) / 4))
+    only_first = ordinal_likert_loss(logits, labels, mask, torch.tensor([1.0, 0.0]))
+    assert only_first < 1e-6
