@@ -24,8 +24,10 @@ def parameter_count(config: PaLMConfig) -> int:
 
 
 def test_the_familiar_keyword_form_has_exactly_the_reference_parameter_count() -> None:
+    import rlhf_core  # the package itself exports the model, as the reference packages do
+
     with torch.device("meta"):
-        model = PaLM(num_tokens=20000, dim=512, depth=12, heads=8, dim_head=64)
+        model = rlhf_core.PaLM(num_tokens=20000, dim=512, depth=12, heads=8, dim_head=64)
     assert sum(p.numel() for p in model.parameters()) == 55_073_280
     assert model.config == PaLMConfig(num_tokens=20000, dim=512, depth=12, heads=8, dim_head=64)
 
