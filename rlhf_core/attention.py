@@ -165,14 +165,23 @@ class KVCache:
 
     @classmethod
     def empty(
-        cls, *, layers: int, batch: int, max_len: int, kv_heads: int, dim_head: int, like: Tensor
+        cls,
+        *,
+        layers: int,
+        batch: int,
+        max_len: int,
+        kv_heads: int,
+        dim_head: int,
+        like: Tensor,
+        dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """An empty cache on the device and in the dtype of `like` (e.g. a model weight)."""
+        """An empty cache on the device of `like` (e.g. a model weight), in `dtype` or its."""
         shape = (batch, kv_heads, max_len, dim_head)
         positions = torch.zeros(batch, max_len, dtype=torch.long, device=like.device)
+        dtype = dtype or like.dtype
         return cls(
-            keys=tuple(like.new_zeros(shape) for _ in range(layers)),
-            values=tuple(like.new_zeros(shape) for _ in range(layers)),
+            keys=tuple(like.new_zeros(shape, dtype=dtype) for _ in range(layers)),
+            values=tuple(like.new_zeros(shape, dtype=dtype) for _ in range(layers)),
             positions=positions,
             valid=torch.zeros_like(positions, dtype=torch.bool),
             cursor=torch.zeros((), dtype=torch.long, device=like.device),

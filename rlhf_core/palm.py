@@ -184,15 +184,23 @@ class PaLM(nn.Module):
         return F.linear(hidden, self.token_emb.weight).float()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """An empty KV cache for `batch` rows of up to `max_len` tokens, beside the weights."""
+        """An empty KV cache for `batch` rows of up to `max_len` tokens, beside the weights.
+
+        In the dtype the keys will have: the weights', or autocast's when it is on (float32
+        weights under bf16 autocast produce bf16 keys, and a float32 cache would refuse them).
+        """
         c = self.config
+        weight = self.token_emb.weight
+        device_type = weight.device.type
+        autocast = torch.is_autocast_enabled(device_type)
         return KVCache.empty(
             layers=c.depth,
             batch=batch,
             max_len=max_len,
             kv_heads=c.kv_heads,
             dim_head=c.dim_head,
-            like=self.token_emb.weight,
+            like=weight,
+            dtype=torch.get_autocast_dtype(device_type) if autocast else weight.dtype,
         )
 
     def _attention_inputs(

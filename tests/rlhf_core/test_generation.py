@@ -179,3 +179,15 @@ def test_last_token_logits_equal_the_last_column_of_a_full_forward(model: PaLM) 
 def test_cuda_graphs_are_refused_for_a_model_on_the_cpu(model: PaLM) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         generate(model, PROMPTS, max_new_tokens=2, use_cuda_graph=True)
+
+
+def test_generation_runs_under_bf16_autocast_with_a_cache_in_the_compute_dtype(
+    model: PaLM,
+) -> None:
+    # Float32 weights under autocast make bf16 keys: the cache must hold bf16, not refuse them.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.new_cache(2, 8).keys[0].dtype == torch.bfloat16
+        out = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=4, seed=0)
+    assert model.new_cache(2, 8).keys[0].dtype == torch.float32
+    assert out.tokens.shape == (2, 4)
+    assert torch.isfinite(out.logprobs).all()
