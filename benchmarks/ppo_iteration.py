@@ -25,8 +25,8 @@ reward model's scorer has its own tokenizer, whose EOS is id 1.
 
 --compile-step sets `PPOConfig.compile_step`: rollouts compile generation's decode step.
 Precision: the trainer has none of its own, so fp32 is what `python -m rlhf_core ppo` runs
-today. Autocast around `ppo_step` is not an option: the KV cache takes the weights' dtype and
-rejects autocast's bf16 keys. --precision bf16 casts the policy, reference and reward model
+today (the KV cache follows autocast's dtype, but autocast around `ppo_step` with CUDA graphs
+is unmeasured). --precision bf16 casts the policy, reference and reward model
 weights to bf16 (generation, scoring and updates all in bf16, AdamW on bf16 weights): the speed
 a mixed-precision trainer could approach, not a recipe to train with. Timing: the first
 --warmup iterations (compilation, CUDA graph set-up, allocator growth) are untimed.
