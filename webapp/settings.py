@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "template_partials",
     "webapp.accounts",
     "webapp.core",
+    "webapp.annotation",
 ]
 
 MIDDLEWARE = [

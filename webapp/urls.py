@@ -4,5 +4,6 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("webapp.core.urls")),
     path("accounts/", include("webapp.accounts.urls")),
+    path("annotate/", include("webapp.annotation.urls")),
     path("admin/", admin.site.urls),
 ]
