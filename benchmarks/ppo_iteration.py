@@ -7,6 +7,7 @@ iteration) and the iteration's split into generation, scoring and learning secon
     python benchmarks/ppo_iteration.py --preset palm_150m --compile-step
     python benchmarks/ppo_iteration.py --preset palm_150m
     python benchmarks/ppo_iteration.py --preset palm_150m --compile-step --precision fp32
+    python benchmarks/ppo_iteration.py --preset palm_150m --compile-step --precision bf16
     python benchmarks/ppo_iteration.py --preset palm_150m --compile-step --minibatch-size 16
     python benchmarks/ppo_iteration.py --preset tiny --prompts 16 --prompt-len 32 \
         --new-tokens 32 --iterations 2 --threads 1  # a CPU
@@ -24,12 +25,20 @@ EOS id outside the vocabulary, which sampling can never produce, so every row ru
 reward model's scorer has its own tokenizer, whose EOS is id 1.
 
 --compile-step sets `PPOConfig.compile_step`: rollouts compile generation's decode step.
-Precision: the trainer has none of its own, so fp32 is what `python -m rlhf_core ppo` runs
-today (the KV cache follows autocast's dtype, but autocast around `ppo_step` with CUDA graphs
-is unmeasured). --precision bf16 casts the policy, reference and reward model
-weights to bf16 (generation, scoring and updates all in bf16, AdamW on bf16 weights): the speed
-a mixed-precision trainer could approach, not a recipe to train with. Timing: the first
---warmup iterations (compilation, CUDA graph set-up, allocator growth) are untimed.
+--precision (the "dtype" of the JSON line):
+  autocast       what the trainer runs with `PPOConfig.mixed_precision="bf16"`: float32 weights
+                 (policy, reference, reward model) and AdamW, bf16 autocast around generation
+                 (without autocast's weight cache, as CUDA graphs need), the recomputation, the
+                 scorer and the update's forward passes; backward, log-probs, values and
+                 losses outside it or in float32.
+  fp32           float32 weights, `mixed_precision="no"`: no autocast anywhere.
+  bf16           "bf16-weights": every weight cast to bf16 and `mixed_precision="no"`
+                 (generation, scoring and updates in bf16, AdamW on bf16 weights): the speed a
+                 mixed-precision trainer could approach, not a recipe to train with.
+  auto (default) autocast on CUDA (the trainer's default, "auto", there), fp32 on the CPU (where
+                 the trainer's "auto" does not autocast).
+Timing: the first --warmup iterations (compilation, CUDA graph set-up, allocator growth) are
+untimed.
 """
 
 from __future__ import annotations
@@ -88,9 +97,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile-step", action="store_true", help="compiled decode step")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=("auto", "autocast", "fp32", "bf16"),
         default="auto",
-        help="weight dtype; auto: bf16 on CUDA, fp32 on the CPU",
+        help="autocast: the trainer's bf16 autocast on float32 weights; bf16: bf16 weights; "
+        "auto: autocast on CUDA, fp32 on the CPU",
     )
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
@@ -106,7 +116,7 @@ def main() -> None:
     device = pick_device(args.device)
     precision = args.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "autocast" if device.type == "cuda" else "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
     model_config = PRESETS[args.preset]()
@@ -118,6 +128,7 @@ def main() -> None:
         ppo_epochs=args.ppo_epochs,
         missing_eos_penalty=None,
         compile_step=args.compile_step,
+        mixed_precision="bf16" if precision == "autocast" else "no",
     )
     # Cast before wrapping: the value head, reward heads and reference copy follow the backbone.
     policy = PPOPolicy(PaLM(model_config).to(device, dtype).train())
@@ -139,7 +150,8 @@ def main() -> None:
     reset_peak_memory(device)
     metrics: list[dict[str, float]] = []
     walls = [seconds(lambda: metrics.append(iteration()), device) for _ in range(args.iterations)]
-    emit(record(args, precision, device, walls, metrics))
+    label = "bf16-weights" if precision == "bf16" else precision
+    emit(record(args, label, device, walls, metrics))
 
 
 def record(

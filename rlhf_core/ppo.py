@@ -9,6 +9,11 @@ Alignment: a row is [left padding, prompt, response, padding after EOS]. Respons
 at sequence column p + j; the logits that predict it, and the value of the state before it, are
 read at column p + j - 1. So the forward pass keeps the hidden states of columns p - 1 ..
 p + t - 2 only: one per response column, none wasted on the prompt.
+
+Precision (`PPOConfig.mixed_precision`): with bf16, generation, the recomputation, the scorer and
+the update's forward passes run under bf16 autocast (`ppo_autocast`); the weights, their
+gradients and AdamW stay float32, and so does everything PPO computes with: the output head
+returns float32 logits, values are cast up, and the losses, rewards and GAE follow.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import torch
 from einops import rearrange
@@ -34,6 +39,7 @@ from rlhf_core.losses import (
     value_loss,
 )
 from rlhf_core.palm import PaLM
+from rlhf_core.pretrain import MixedPrecision, resolve_mixed_precision
 
 if TYPE_CHECKING:
     from rlhf_core.rollout import Rollout
@@ -81,6 +87,9 @@ class PPOConfig:
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 10  # iterations between saved run states (see `train_ppo`)
+    # bf16 autocast around the forward passes (see the module docstring); float32 weights.
+    # auto: on a CUDA GPU that has bf16, off elsewhere; "bf16" on any device, the CPU included.
+    mixed_precision: MixedPrecision = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -110,6 +119,8 @@ class PPOConfig:
             "grad_clip and target_kl must be > 0 (or None)": all(
                 value is None or value > 0 for value in (self.grad_clip, self.target_kl)
             ),
+            f"mixed_precision must be one of {', '.join(get_args(MixedPrecision))}, "
+            f"not {self.mixed_precision!r}": self.mixed_precision in get_args(MixedPrecision),
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -203,6 +214,23 @@ class PPOPolicy(nn.Module):
         return self._policy_scope()
 
 
+def ppo_autocast(
+    policy: PPOPolicy, config: PPOConfig, *, cache_enabled: bool = True
+) -> AbstractContextManager[object]:
+    """bf16 autocast on the policy's device when `config.mixed_precision` resolves to bf16
+    there ("auto": a CUDA GPU that has bf16), else no context at all.
+
+    Run backward outside it. cache_enabled=False for code that captures CUDA graphs (generation):
+    autocast keeps its bf16 copies of the weights until the context exits, and a graph must not
+    read a copy that may be freed or stale (torch.cuda.make_graphed_callables asks the same).
+    """
+    device = policy.policy.token_emb.weight.device
+    setting = config.mixed_precision
+    if (setting == "auto" and device.type != "cuda") or resolve_mixed_precision(setting) == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+
 def _response_logprobs(
     model: PaLM, hidden: Tensor, tokens: Tensor, prompt_width: int, temperature: float
 ) -> tuple[Tensor, Tensor]:
@@ -245,7 +273,8 @@ def ppo_loss(policy: PPOPolicy, batch: Rollout, config: PPOConfig) -> LossTerms:
     The entropy is a bonus, hence the minus; each term is a masked mean, scaled exactly once.
     """
     tokens, attention_mask = batch.sequences()
-    out = policy(tokens, attention_mask, batch.prompt_width, config.temperature)
+    with ppo_autocast(policy, config):  # the losses below are float32 either way
+        out = policy(tokens, attention_mask, batch.prompt_width, config.temperature)
     mask = batch.response_mask
     policy_loss, clip_fraction = ppo_policy_loss(
         out.logprobs, batch.logprobs, batch.advantages, mask, clip_range=config.clip_range
@@ -312,6 +341,7 @@ def accumulate_minibatch(policy: PPOPolicy, batch: Rollout, config: PPOConfig) -
 
     Every term of the loss is a mean over response tokens, so weighting each micro-batch by its
     share of the tokens makes the gradients add up to exactly those of the whole minibatch.
+    Backward runs outside `ppo_loss`'s autocast, as autocast asks.
     """
     total_tokens = batch.response_mask.sum().clamp(min=1)
     totals: dict[str, float] = {}

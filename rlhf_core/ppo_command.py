@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 
@@ -20,6 +20,7 @@ from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint, save_check
 from rlhf_core.lora import merge, unmerge
 from rlhf_core.ppo import POLICY_SCOPE, PPOConfig, PPOError, PPOPolicy
 from rlhf_core.ppo_trainer import PPOResult, train_ppo
+from rlhf_core.pretrain import MixedPrecision
 from rlhf_core.reward import value_head_from_reward
 from rlhf_core.reward_io import load_reward_model
 from rlhf_core.rollout import reward_model_scorer
@@ -68,6 +69,13 @@ def add_ppo_command(subparsers: Subparsers) -> None:
             default=getattr(defaults, name),
             help="(default: %(default)s)",
         )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=get_args(MixedPrecision),
+        default=defaults.mixed_precision,
+        help="bf16 autocast with float32 weights; auto: on a CUDA GPU with bf16 (default: "
+        "%(default)s)",
+    )
     parser.add_argument("--target-kl", type=float, help="stop an update past this approx-KL")
     parser.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank only")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
@@ -92,7 +100,7 @@ def read_prompts(path: Path) -> list[str]:
 
 def _config(args: argparse.Namespace) -> PPOConfig:
     values: dict[str, Any] = {name: getattr(args, name) for name in _CONFIG_OPTIONS}
-    return PPOConfig(**values, target_kl=args.target_kl)
+    return PPOConfig(**values, target_kl=args.target_kl, mixed_precision=args.mixed_precision)
 
 
 def _run_ppo(args: argparse.Namespace) -> None:

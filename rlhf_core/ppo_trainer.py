@@ -2,7 +2,8 @@
 
 Each iteration (`ppo_step`) samples one response for each of `rollout_batch_size` prompts,
 scores them, and optimises the PPO loss on that experience for `ppo_epochs` epochs
-(`rlhf_core.ppo.ppo_update`). The run is on whatever device the policy is on.
+(`rlhf_core.ppo.ppo_update`). The run is on whatever device the policy is on, in the
+precision `config.mixed_precision` sets (`rlhf_core.ppo.ppo_autocast`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ the old log-probs and values are recomputed with one forward pass of the trainin
 mode, no gradient, logits divided by the sampling temperature) over prompt + response: the path
 the update takes, in batches of `minibatch_size` rows as the update's. Generation's own
 log-probs are not kept.
+
+Under `PPOConfig.mixed_precision` bf16, sampling, recomputation and scoring run under bf16
+autocast (`ppo.ppo_autocast`); the log-probs, values, scores and everything computed from them
+are float32.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from rlhf_core.generation import generate, left_pad
 from rlhf_core.losses import gae, kl_penalty_rewards, whiten
-from rlhf_core.ppo import PPOConfig, PPOPolicy
+from rlhf_core.ppo import PPOConfig, PPOPolicy, ppo_autocast
 from rlhf_core.reward import RewardModel
 from rlhf_core.tokenizer import Tokenizer
 
@@ -127,11 +131,12 @@ def recompute(
     was_training = policy.training
     policy.eval()
     try:
-        parts = []
-        for rows in zip(torch.split(tokens, chunk), torch.split(mask, chunk), strict=True):
-            out = policy(*rows, width, temperature)
-            reference = policy.reference_logprobs(*rows, width, temperature)
-            parts.append((out.logprobs, out.values, reference))
+        with ppo_autocast(policy, config):
+            parts = []
+            for rows in zip(torch.split(tokens, chunk), torch.split(mask, chunk), strict=True):
+                out = policy(*rows, width, temperature)
+                reference = policy.reference_logprobs(*rows, width, temperature)
+                parts.append((out.logprobs, out.values, reference))
     finally:
         policy.train(was_training)
     logprobs, values, ref_logprobs = (torch.cat(column) for column in zip(*parts, strict=True))
@@ -151,8 +156,12 @@ def sample_responses(
     config: PPOConfig,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """Sampled response tokens (b t) and lengths (b), through the policy's adapters."""
-    with policy.sampling_scope():
+    """Sampled response tokens (b t) and lengths (b), through the policy's adapters.
+
+    Under autocast without its weight cache: the decode step may be captured as a CUDA graph,
+    which must not read autocast's cached bf16 copies (the KV cache takes autocast's dtype).
+    """
+    with policy.sampling_scope(), ppo_autocast(policy, config, cache_enabled=False):
         generation = generate(
             policy.policy,
             prompt_ids,
@@ -228,7 +237,8 @@ def collect_rollout(
     tokens, lengths = sample_responses(policy, prompt_ids, tokenizer, config, generator)
     generated = time.perf_counter()
     texts = response_texts(tokens, lengths, tokenizer)
-    scores = scorer(list(prompts), texts).float()
+    with ppo_autocast(policy, config):
+        scores = scorer(list(prompts), texts).float()
     ended = ends_with_eos(tokens, lengths, tokenizer.eos_id)
     scores = penalise_missing_eos(scores, ended, config.missing_eos_penalty)
     prompt_tokens, prompt_mask = left_pad(prompt_ids, tokenizer.pad_id)

@@ -8,14 +8,17 @@ import functools
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhf_core import ppo_trainer
+from rlhf_core import rollout as rollout_module
 from rlhf_core.checkpoint import load_checkpoint, save_checkpoint
 from rlhf_core.generation import generate, left_pad
 from rlhf_core.palm import PaLM, PaLMConfig
@@ -30,6 +33,7 @@ from rlhf_core.ppo import (
 )
 from rlhf_core.ppo_command import add_ppo_command, read_prompts
 from rlhf_core.ppo_trainer import train_ppo
+from rlhf_core.pretrain import MixedPrecision
 from rlhf_core.reward import RewardModel, value_head_from_reward
 from rlhf_core.reward_io import save_reward_model
 from rlhf_core.rollout import (
@@ -39,6 +43,7 @@ from rlhf_core.rollout import (
     collect_rollout,
     ends_with_eos,
     penalise_missing_eos,
+    recompute,
     response_mask,
 )
 from rlhf_core.simulation import LetterShare
@@ -321,6 +326,97 @@ def test_the_config_rejects_inconsistent_batch_sizes() -> None:
         PPOConfig(rollout_batch_size=6, minibatch_size=4)
 
 
+def test_the_config_rejects_an_unknown_mixed_precision() -> None:
+    with pytest.raises(PPOError, match="mixed_precision must be one of auto, bf16, no"):
+        PPOConfig(mixed_precision="fp16")  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class PrecisionRecord:
+    """What one PPO iteration ran in: output dtypes of a trunk nn.Linear per phase, whether the
+    scorer ran under autocast, the rollout the update got, and the gradients' dtypes."""
+
+    linear: dict[str, set[torch.dtype]] = dataclasses.field(default_factory=dict)
+    scorer_autocast: bool | None = None
+    rollout: Rollout | None = None
+    grads: set[torch.dtype] = dataclasses.field(default_factory=set)
+
+
+def record_precision(
+    policy: PPOPolicy, mixed_precision: MixedPrecision, monkeypatch: pytest.MonkeyPatch
+) -> PrecisionRecord:
+    """One `train_ppo` iteration on the CPU with hooks telling the phases apart."""
+    record, phase = PrecisionRecord(), ["other"]
+
+    def hook(name: str | None) -> Callable[..., None]:
+        def store(module: torch.nn.Module, inputs: object, output: Tensor) -> None:
+            record.linear.setdefault(name or phase[0], set()).add(output.dtype)
+
+        return store
+
+    def in_phase(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            phase[0] = name
+            if name == "update":
+                record.rollout = args[2]
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase[0] = "other"
+
+        return wrapped
+
+    assert policy.reference is not None
+    for model, name in ((policy.policy, None), (policy.reference, "reference")):
+        linear = model.layers[0].ff_out
+        assert isinstance(linear, torch.nn.Linear)
+        linear.register_forward_hook(hook(name))
+    for parameter in policy.trainable_parameters():
+        parameter.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]
+            lambda parameter: record.grads.add(parameter.grad.dtype)
+        )
+    monkeypatch.setattr(rollout_module, "generate", in_phase("generation", generate))
+    monkeypatch.setattr(rollout_module, "recompute", in_phase("recomputation", recompute))
+    monkeypatch.setattr(ppo_trainer, "ppo_update", in_phase("update", ppo_update))
+
+    def scorer(prompts: list[str], responses: list[str]) -> Tensor:
+        record.scorer_autocast = torch.is_autocast_enabled("cpu")
+        return torch.full((len(prompts),), 0.5, dtype=torch.bfloat16)  # float32 from here on
+
+    config = dataclasses.replace(CONFIG, steps=1, ppo_epochs=1, mixed_precision=mixed_precision)
+    train_ppo(policy, scorer, TOKENIZER, PROMPTS, config)
+    return record
+
+
+ROLLOUT_MATHS = ("logprobs", "ref_logprobs", "values", "scores", "rewards", "advantages", "returns")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bf16_autocasts_the_trunk_everywhere_while_ppo_maths_weights_and_grads_stay_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = tiny_policy()
+    record = record_precision(policy, "bf16", monkeypatch)
+    phases = ("generation", "recomputation", "reference", "update")
+    assert record.linear == {name: {torch.bfloat16} for name in phases}
+    assert record.scorer_autocast is True
+    assert record.rollout is not None
+    assert {name: getattr(record.rollout, name).dtype for name in ROLLOUT_MATHS} == dict.fromkeys(
+        ROLLOUT_MATHS, torch.float32
+    )
+    assert record.grads == {torch.float32}
+    assert {parameter.dtype for parameter in policy.parameters()} == {torch.float32}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_without_mixed_precision_nothing_runs_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = record_precision(tiny_policy(), "no", monkeypatch)
+    phases = ("generation", "recomputation", "reference", "update")
+    assert record.linear == {name: {torch.float32} for name in phases}
+    assert record.scorer_autocast is False
+    assert record.grads == {torch.float32}
+
+
 def test_train_ppo_reports_every_metric_and_a_callback_can_stop_it() -> None:
     class StopAfterTwo(NoCallback):
         def on_step(self, metrics: Metrics) -> bool:
@@ -393,10 +489,12 @@ def test_the_ppo_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--policy", str(tmp_path / "policy"), "--reward", str(tmp_path / "reward")]
     common += ["--prompts", str(prompts), "--out", str(out), "--lora-rank", "2"]
+    common += ["--mixed-precision", "no"]
     quick = ["--rollout-batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "4"]
     run_ppo_command(*common, *quick, "--steps", "2")
     exported = load_checkpoint(out / "final")
     assert not any("adapters" in name for name in exported.model.state_dict())
+    assert exported.metadata.extra["ppo"]["mixed_precision"] == "no"  # not the default, auto
     run_ppo_command(*common, *quick, "--steps", "3")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
