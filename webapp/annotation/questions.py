@@ -20,6 +20,7 @@ Stored answers (`Label.value`) are JSON objects:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,7 +82,7 @@ def clean_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValidationError("A Likert scale needs 0 <= min < max <= 100, at most 21 points.")
         labels = config.get("labels") or {}
         if not isinstance(labels, Mapping) or not all(
-            isinstance(v, str) and str(k).lstrip("-").isdigit() and low <= int(k) <= high
+            isinstance(v, str) and _is_int_like(str(k)) and low <= int(k) <= high
             for k, v in labels.items()
         ):
             raise ValidationError("Likert labels map scale points to text.")
@@ -200,7 +201,8 @@ def _is_int_like(value: object) -> bool:
         return False
     if isinstance(value, int):
         return True
-    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    # ASCII digits only: str.isdigit() also accepts "³", which int() refuses.
+    return isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip(), re.ASCII) is not None
 
 
 def _integer_field(raw: Mapping[str, Any], name: str) -> int:
@@ -216,7 +218,8 @@ def _text_field(raw: Mapping[str, Any]) -> str:
         raise ValidationError("The text must be a string.")
     if len(text) > MAX_TEXT:
         raise ValidationError(f"The text is longer than {MAX_TEXT} characters.")
-    return text.replace("\r\n", "\n")
+    # Every line break stored as \n, so cleaning a stored text again leaves it unchanged.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def default_questions(task_type: str) -> list[dict[str, Any]]:
