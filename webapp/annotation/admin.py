@@ -16,10 +16,29 @@ class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["name", "task_type", "overlap", "gold_share", "is_active"]
+    """The raw records; admins edit projects on the manage pages, which check every change."""
+
+    list_display = ["name", "task_type", "overlap", "gold_share", "is_active", "created_at"]
     list_filter = ["task_type", "is_active"]
+    search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["created_by", "created_at", "updated_at"]
     inlines = [QuestionInline, MembershipInline]
+
+
+@admin.register(models.Question)
+class QuestionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["key", "project", "kind", "required", "position"]
+    list_filter = ["project", "kind"]
+    search_fields = ["key", "text"]
+
+
+@admin.register(models.Membership)
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["user", "project", "paused", "created_at"]
+    list_filter = ["project", "paused"]
+    search_fields = ["user__username"]
+    raw_id_fields = ["user"]
 
 
 @admin.register(models.Prompt)

@@ -26,6 +26,9 @@ from django.utils import timezone
 
 from webapp.annotation.questions import QuestionKind, TaskType
 
+# /annotate/<slug>/ shares its prefix with these pages (webapp/annotation/urls.py).
+RESERVED_SLUGS = ("manage", "quality")
+
 
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -78,6 +81,11 @@ class Project(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(lease_seconds__gte=30), name="project_lease_at_least_30s"
+            ),
+            models.CheckConstraint(
+                condition=~Q(slug__in=RESERVED_SLUGS),
+                name="project_slug_not_reserved",
+                violation_error_message="This slug names a part of the site; choose another.",
             ),
         ]
 
@@ -401,6 +409,12 @@ class Flag(models.Model):
                 condition=Q(status=FlagStatus.OPEN) | Q(reviewed_at__isnull=False),
                 name="flag_reviewed_has_time",
             ),
+        ]
+        indexes = [
+            # The queue asks, for every candidate item, whether a flag withholds it.
+            models.Index(
+                fields=["item"], condition=~Q(status="dismissed"), name="flag_withholds_item"
+            )
         ]
 
     def __str__(self) -> str:

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from webapp.annotation.demo import seed_demo_projects
 from webapp.core.demo import ensure_demo_accounts
 
 READY_TIMEOUT_S = 60
@@ -48,6 +49,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         accounts = ensure_demo_accounts()
+        seed_demo_projects()  # idempotent; every annotator and admin becomes a member
         if options["demo_steps"] != 0:
             self.stdout.write("Demo model (a tiny PaLM pretrained on Shakespeare):")
             self.stdout.flush()
