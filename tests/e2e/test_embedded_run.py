@@ -132,6 +132,15 @@ def test_the_run_command_serves_the_app_and_its_workers_answer(running_app: Runn
     assert fragment.count(">answered<") == 2, fragment
     assert "torch=" in fragment  # the gpu queue's worker described its accelerators
 
+    # The demo projects are seeded: the admin (a member) is served an item and answers it.
+    page = browser.get("/annotate/demo-rating/")
+    served = re.search(r'action="/annotate/demo-rating/items/(\d+)/submit/"', page)
+    assert served is not None, page
+    answer = {"q-helpfulness-score": "4", "q-correctness-score": "5", "active_ms": "1500"}
+    after = browser.post(served.group(0)[8:-1], answer, htmx)
+    following = re.search(r'action="/annotate/demo-rating/items/(\d+)/submit/"', after)
+    assert following is not None and following.group(1) != served.group(1), after
+
     running_app.process.send_signal(signal.SIGINT)
     assert running_app.process.wait(timeout=30) == 0
 

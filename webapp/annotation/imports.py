@@ -18,7 +18,6 @@ list of flags, a text. A gold line must make exactly one item.
 from __future__ import annotations
 
 import io
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -28,10 +27,9 @@ from django.db import IntegrityError, transaction
 
 from webapp.accounts.models import User
 from webapp.annotation.import_formats import RowError, csv_rows, is_csv, jsonl_rows
+from webapp.annotation.items import BATCH, ItemPlan, create_items_in_bulk, item_groups
 from webapp.annotation.models import (
     GoldAnswer,
-    Item,
-    ItemResponse,
     ModelVersion,
     Project,
     Prompt,
@@ -47,8 +45,6 @@ MAX_ROWS = 50_000
 MAX_ERRORS_KEPT = 100
 MAX_PROMPT_CHARS = 50_000
 MAX_RESPONSES = 20
-BATCH = 2000
-_random = random.SystemRandom()
 RESPONSE_FIELDS = {"text", "model", "sampling"}
 
 
@@ -336,7 +332,7 @@ def _write(
         ),
         batch_size=BATCH,
     )
-    plan: list[tuple[Prompt, list[Response], bool]] = []
+    plan: list[ItemPlan] = []
     golds: list[tuple[int, PromptRow, list[Response]]] = []  # (index in plan, row, responses)
     start = 0
     for prompt, row in zip(prompts, rows, strict=True):
@@ -344,8 +340,8 @@ def _write(
         start += len(row.responses)
         if row.gold:  # a gold line makes exactly one item
             golds.append((len(plan), row, own))
-        plan += [(prompt, group, bool(row.gold)) for group in _item_groups(project, own)]
-    items = _create_items(project, plan)
+        plan += [(prompt, group, bool(row.gold)) for group in item_groups(project, own)]
+    items = create_items_in_bulk(project, plan)
     questions = {q.key: q for q in project.questions.all()}
     GoldAnswer.objects.bulk_create(
         GoldAnswer(
@@ -360,51 +356,6 @@ def _write(
     report.prompts, report.responses, report.items = len(prompts), len(responses), len(items)
     report.gold_items = sum(item.is_gold for item in items)
     report.prompt_ids = [p.pk for p in prompts]
-
-
-def _item_groups(project: Project, responses: Sequence[Response]) -> list[list[Response]]:
-    """The responses of each item a prompt makes, by the rules of `items.create_items`: one
-    per response (rating, rewrite), disjoint random pairs (a last odd one left out), random
-    K-sets (a last smaller set of at least two)."""
-    task = project.task_type
-    if task in (TaskType.RATING, TaskType.REWRITE):
-        return [[response] for response in responses]
-    if task not in (TaskType.PAIRWISE, TaskType.RANKING):
-        return []
-    size = 2 if task == TaskType.PAIRWISE else project.ranking_size
-    minimum = 2 if task == TaskType.RANKING else size
-    shuffled = list(responses)
-    _random.shuffle(shuffled)
-    groups = [shuffled[i : i + size] for i in range(0, len(shuffled), size)]
-    return [group for group in groups if len(group) >= minimum]
-
-
-def _create_items(
-    project: Project, plan: Sequence[tuple[Prompt, list[Response], bool]]
-) -> list[Item]:
-    """`items.create_item` for many items in a few queries (an upload of 10,000 prompts takes
-    seconds, not minutes): each item's response order is drawn at random and stored."""
-    items = Item.objects.bulk_create(
-        (
-            Item(project=project, prompt=prompt, is_gold=is_gold, model_version=_newest(group))
-            for prompt, group, is_gold in plan
-        ),
-        batch_size=BATCH,
-    )
-    ItemResponse.objects.bulk_create(
-        (
-            ItemResponse(item=item, response=response, position=position)
-            for item, (_, group, _) in zip(items, plan, strict=True)
-            for position, response in enumerate(_random.sample(group, len(group)))
-        ),
-        batch_size=BATCH,
-    )
-    return items
-
-
-def _newest(responses: Sequence[Response]) -> ModelVersion | None:
-    versions = [r.model_version for r in responses if r.model_version is not None]
-    return max(versions, key=lambda v: (v.created_at, v.pk)) if versions else None
 
 
 def _model_versions(names: set[str]) -> dict[str, ModelVersion]:

@@ -231,6 +231,9 @@ class Item(models.Model):
     # Live (not undone) submissions, and whether they reach the project's overlap (never for a
     # gold item: every annotator answers those once). Kept by the services under a lock on this
     # row; the queue's index covers only open items.
+    # The model version's id, 0 without one: the queue's "newest version first" as a plain
+    # descending integer, which every database can index (SQLite has no NULLS LAST in indexes).
+    version_rank = models.BigIntegerField(default=0, db_default=0)
     live_submissions = models.PositiveIntegerField(default=0)
     is_complete = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -243,7 +246,7 @@ class Item(models.Model):
                 "project",
                 "is_gold",
                 F("live_submissions").desc(),
-                F("model_version").desc(nulls_last=True),
+                F("version_rank").desc(),
                 "id",
                 condition=Q(is_complete=False),
                 name="item_queue_order",

@@ -113,7 +113,7 @@ def with_free_slot(
 
 
 def _queue_order(items: QuerySet[Item]) -> QuerySet[Item]:
-    return items.order_by("-live_submissions", F("model_version").desc(nulls_last=True), "id")
+    return items.order_by("-live_submissions", "-version_rank", "id")
 
 
 def _others_leases(item: Item, annotator: User, now: datetime) -> QuerySet[Lease]:

@@ -37,6 +37,31 @@ def test_home_tells_each_role_what_it_can_do(
     assert says in response.content.decode()
 
 
+@pytest.mark.parametrize("name", ALL_PERSONAS)
+def test_no_template_comment_leaks_into_a_page(name: str, request: pytest.FixtureRequest) -> None:
+    # Django's {# #} comments end at the line's end; a longer one is printed as text.
+    page = client_for(persona(request, name)).get("/").content.decode()
+    assert "{#" not in page and "#}" not in page and "{%" not in page
+
+
+@pytest.mark.parametrize(
+    ("name", "links"),
+    [
+        ("annotator", ["/annotate/"]),
+        ("researcher", ["/annotate/quality/"]),
+        ("admin_user", ["/annotate/", "/annotate/manage/", "/annotate/quality/"]),
+        ("outsider", []),
+    ],
+)
+def test_the_navigation_links_each_role_to_its_pages(
+    name: str, links: list[str], request: pytest.FixtureRequest
+) -> None:
+    page = client_for(persona(request, name)).get("/").content.decode()
+    every = {"/annotate/", "/annotate/manage/", "/annotate/quality/"}
+    for link in every:
+        assert (f'href="{link}"' in page) == (link in links), link
+
+
 @pytest.mark.parametrize("name", ["annotator", "researcher", "outsider"])
 def test_only_admins_see_the_system_link(name: str, request: pytest.FixtureRequest) -> None:
     assert 'href="/system/"' not in client_for(persona(request, name)).get("/").content.decode()

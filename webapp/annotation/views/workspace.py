@@ -7,6 +7,7 @@ that the services gave (retargeted to the item's message box so a half-filled fo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.paginator import Paginator
@@ -74,7 +75,7 @@ def _answers_from_post(data: QueryDict) -> dict[str, dict[str, Any]]:
 
 def _active_ms(data: QueryDict) -> int:
     raw = data.get("active_ms", "0").strip()
-    if not raw.isdigit():
+    if not re.fullmatch(r"\d{1,10}", raw, re.ASCII):
         raise AnnotationError("active_ms must be a whole number of milliseconds.", 400)
     return int(raw)
 
