@@ -134,7 +134,7 @@ def current_lease(project: Project, annotator: User, now: datetime) -> Lease | N
     """The annotator's newest unexpired lease in the project whose item is still open."""
     leases = Lease.objects.filter(
         item__project=project, annotator=annotator, expires_at__gt=now
-    ).select_related("item", "item__project")
+    ).select_related("item", "item__project", "item__prompt")
     for lease in leases.order_by("-created_at", "-id"):
         has_open_flag = Flag.objects.filter(item=lease.item, status__in=WITHHOLDING_FLAGS).exists()
         if has_open_flag or lease.item.is_complete:
@@ -179,7 +179,7 @@ def _lease_from_pool(
         item = (
             _queue_order(candidates.exclude(pk__in=passed))
             .select_for_update(skip_locked=skip_locked, of=("self",))
-            .select_related("project")
+            .select_related("project", "prompt")  # the item page shows the prompt
             .first()
         )
         if item is None and skip_locked:
