@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import io
 import json
-import time
 from typing import Any
 
 import pytest
@@ -335,8 +334,8 @@ def test_a_prompt_writing_project_takes_no_upload(
     assert "takes no uploads" in report.errors[0].message
 
 
-def test_ten_thousand_rows_are_imported_within_seconds(
-    make_project: MakeProject, admin_user: User
+def test_ten_thousand_rows_are_imported_in_bulk_statements(
+    make_project: MakeProject, admin_user: User, django_assert_max_num_queries: Any
 ) -> None:
     project = make_project(TaskType.PAIRWISE)
     data = jsonl(
@@ -348,15 +347,13 @@ def test_ten_thousand_rows_are_imported_within_seconds(
             for n in range(10_000)
         )
     )
-    started = time.perf_counter()
-    report = run(project, data, admin_user)
-    elapsed = time.perf_counter() - started
+    # Bulk statements, not a few per row (timings are never asserted: the machines are noisy).
+    with django_assert_max_num_queries(100):
+        report = run(project, data, admin_user)
 
     assert report.ok, report.errors[:3]
     assert (report.prompts, report.responses, report.items) == (10_000, 20_000, 10_000)
     assert ItemResponse.objects.filter(item__project=project).count() == 20_000
-    assert elapsed < 10, f"took {elapsed:.1f} s"
-    print(f"10k rows imported in {elapsed:.2f} s")
 
 
 def test_a_csv_gold_column_makes_a_gold_item(make_project: MakeProject, admin_user: User) -> None:
