@@ -10,6 +10,7 @@ from django.utils.text import slugify
 
 from webapp.accounts.models import Role, User
 from webapp.annotation.models import Project, Question
+from webapp.annotation.projects import SETTINGS_FIELDS
 from webapp.annotation.questions import KINDS_FOR_TASK, QuestionKind, clean_config
 
 
@@ -39,18 +40,7 @@ class ProjectSettingsForm(forms.ModelForm):  # type: ignore[type-arg]
 
     class Meta:
         model = Project
-        fields = [
-            "name",
-            "slug",
-            "description",
-            "guidelines",
-            "overlap",
-            "gold_share",
-            "ranking_size",
-            "undo_window_seconds",
-            "lease_seconds",
-            "is_active",
-        ]
+        fields = list(SETTINGS_FIELDS)
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "guidelines": forms.Textarea(attrs={"rows": 8}),

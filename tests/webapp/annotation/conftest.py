@@ -19,10 +19,10 @@ from webapp.annotation.models import (
     Project,
     Prompt,
     PromptSource,
-    Question,
     Response,
 )
-from webapp.annotation.questions import TaskType, clean_config, default_questions
+from webapp.annotation.projects import create_project
+from webapp.annotation.questions import TaskType
 
 MakeProject = Callable[..., Project]
 AddItems = Callable[..., list[Item]]
@@ -42,17 +42,7 @@ def make_project(db: None) -> MakeProject:
         number = next(counter)
         fields.setdefault("name", f"{task_type} project {number}")
         fields.setdefault("slug", f"{task_type.replace('_', '-')}-{number}")
-        project = Project.objects.create(task_type=task_type, **fields)
-        for position, spec in enumerate(default_questions(task_type)):
-            Question.objects.create(
-                project=project,
-                position=position,
-                key=spec["key"],
-                kind=spec["kind"],
-                text=spec["text"],
-                required=spec["required"],
-                config=clean_config(spec["kind"], spec["config"]),
-            )
+        project = create_project(Project(task_type=task_type, **fields), created_by=None)
         for user in members:
             Membership.objects.create(project=project, user=user)
         return project
