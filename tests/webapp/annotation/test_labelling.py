@@ -13,6 +13,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import missing_service
 from tests.webapp.annotation.conftest import AddItems, MakeProject
 from webapp.accounts.models import Role, User
 from webapp.annotation import labelling
@@ -464,7 +465,7 @@ def test_concurrent_submits_of_one_item_by_one_annotator_make_one_submission(
     make_project: MakeProject, add_items: AddItems, make_user: Callable[..., User]
 ) -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("row locks need PostgreSQL")
+        missing_service("row locks need PostgreSQL")
     person = make_user("racer", Role.ANNOTATOR)
     project = make_project(members=[person], overlap=3)
     add_items(project, prompts=1, responses=1)

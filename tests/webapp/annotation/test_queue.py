@@ -10,6 +10,7 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
+from tests.conftest import missing_service
 from tests.webapp.annotation.conftest import AddItems, MakeProject
 from webapp.accounts.models import Role, User
 from webapp.annotation import labelling, queue
@@ -393,7 +394,7 @@ def test_many_annotators_racing_for_the_last_slots_get_exactly_the_overlap(
     make_project: MakeProject, add_items: AddItems, make_user: Callable[..., User]
 ) -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("row locks with SKIP LOCKED need PostgreSQL")
+        missing_service("row locks with SKIP LOCKED need PostgreSQL")
     people = [make_user(f"r{n}", Role.ANNOTATOR) for n in range(8)]
     project = make_project(members=people, overlap=3)
     (item,) = add_items(project, prompts=1, responses=1)

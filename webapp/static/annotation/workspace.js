@@ -32,14 +32,6 @@
     }
   }, true);
 
-  // 4xx answers carry a message fragment (retargeted by the server); show it instead of dropping it.
-  document.addEventListener("htmx:beforeSwap", function (event) {
-    const status = event.detail.xhr.status;
-    if (status >= 400 && status < 500) {
-      event.detail.shouldSwap = true;
-      event.detail.isError = false;
-    }
-  });
   document.addEventListener("htmx:afterSwap", function (event) {
     const error = event.detail.target && event.detail.target.querySelector(".ws-error[data-field]");
     if (error) {
