@@ -15,7 +15,8 @@ from webapp.celery_app import app
 # settings.CELERY_TASK_ROUTES; a name missing here is a programming error, caught at once.
 PROBE_DEFAULT_QUEUE = "system.probe_default"
 PROBE_GPU_QUEUE = "system.probe_gpu"
-KNOWN_TASKS = frozenset({PROBE_DEFAULT_QUEUE, PROBE_GPU_QUEUE})
+BUILD_EXPORT_SNAPSHOT = "exports.build_snapshot"
+KNOWN_TASKS = frozenset({PROBE_DEFAULT_QUEUE, PROBE_GPU_QUEUE, BUILD_EXPORT_SNAPSHOT})
 
 
 def enqueue_after_commit(task_name: str, *ids: int) -> None:

@@ -20,6 +20,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the embedded default writes lives under one directory.
 DATA_DIR = env_path("DATA_DIR", BASE_DIR / "data")
 MODEL_STORE_DIR = env_path("MODEL_STORE_DIR", DATA_DIR / "models")
+EXPORT_DIR = env_path("EXPORT_DIR", DATA_DIR / "exports")
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = secret_key_from(DATA_DIR)
@@ -43,6 +44,9 @@ INSTALLED_APPS = [
     "webapp.accounts",
     "webapp.core",
     "webapp.annotation",
+    "webapp.exports",
+    "ninja",  # the API docs page's scripts, served as our static files instead of from a CDN
+    "webapp.api",
 ]
 
 MIDDLEWARE = [
@@ -159,6 +163,28 @@ CELERY_TASK_IGNORE_RESULT = True  # tasks write their results and progress to th
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Django's cache holds the API's rate-limit counters, which every web process must share: Redis
+# when CACHE_URL names it (a Redis BROKER_URL is the default), else this process's memory (the
+# embedded default, where each of its web processes then counts for itself).
+CACHE_URL = env_str(
+    "CACHE_URL", BROKER_URL if BROKER_URL.startswith(("redis://", "rediss://")) else "locmem://"
+)
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "rlhf-cache",  # apart from Celery's keys on a shared server
+        }
+    }
+elif CACHE_URL == "locmem://":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL must be locmem:// or redis://..., got {CACHE_URL!r}.")
+
+# Calls one API token may make per minute (webapp/api/security.py).
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -5,5 +5,7 @@ urlpatterns = [
     path("", include("webapp.core.urls")),
     path("accounts/", include("webapp.accounts.urls")),
     path("annotate/", include("webapp.annotation.urls")),
+    path("exports/", include("webapp.exports.urls")),
+    path("api/", include("webapp.api.urls")),
     path("admin/", admin.site.urls),
 ]
