@@ -95,7 +95,9 @@ def clean_answers(item: Item, answers: Mapping[str, Any]) -> list[tuple[Question
 
 
 def _lock_item(item: Item) -> Item:
-    return Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+    locked = Item.objects.select_for_update().get(pk=item.pk)
+    locked.project = item.project  # already loaded, with its questions
+    return locked
 
 
 def _live_submission(item: Item, annotator: User) -> Submission | None:
@@ -103,9 +105,12 @@ def _live_submission(item: Item, annotator: User) -> Submission | None:
 
 
 def _held_lease(item: Item, annotator: User, now: datetime) -> Lease:
-    """The annotator's lease on the locked item, or 409 when it is gone or its slot was taken."""
+    """The annotator's lease on the locked item, or 409 when it is gone, its slot was taken, or
+    they answered already (a lease ends with the answer, so only a missing one needs the look)."""
     lease = Lease.objects.filter(item=item, annotator=annotator).first()
     if lease is None:
+        if _live_submission(item, annotator) is not None:
+            raise AnnotationError("You have already answered this item.", 409)
         raise AnnotationError(
             "This item is no longer reserved for you (it was released). Load the next item.", 409
         )
@@ -134,8 +139,6 @@ def submit(
         queue.check_can_annotate(item.project, annotator)
         cleaned = clean_answers(item, answers)
         locked = _lock_item(item)
-        if _live_submission(locked, annotator) is not None:
-            raise AnnotationError("You have already answered this item.", 409)
         lease = _held_lease(locked, annotator, now)
         served_at = min(lease.created_at, now)
         elapsed_ms = int((now - served_at).total_seconds() * 1000)
