@@ -352,6 +352,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database-name", default="bench_annotation")
+    parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--annotators", type=int, default=100)
     parser.add_argument("--overlap", type=int, default=3)
@@ -388,6 +389,8 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         "STATIC_MANIFEST": "false",  # no collectstatic here; the item fragment links no file
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "webapp.settings",
+        # As in production (docker-compose.yml): sessions read from Redis.
+        "CACHE_URL": args.cache_url,
         "QUERY_LOG": str(Path(data_dir) / "queries.log"),
     }
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from webapp.accounts.models import Role, User
@@ -139,18 +139,19 @@ def candidate_sql(
     return f"SELECT i.id {where}\n        {order}", params
 
 
-def _others_leases(item: Item, annotator: User, now: datetime) -> QuerySet[Lease]:
-    return Lease.objects.filter(item=item, expires_at__gt=now).exclude(annotator=annotator)
-
-
 def slot_is_free(item: Item, annotator: User, now: datetime) -> bool:
     """Whether `annotator` may take a (non-gold) item: read under the item's row lock."""
     if item.is_gold:
         return True
     if item.is_complete:
         return False
-    taken = item.live_submissions + _others_leases(item, annotator, now).count()
-    return taken < item.project.overlap
+    held_by_others: int = _scalar(
+        """
+        SELECT count(*) FROM annotation_lease
+        WHERE item_id = %s AND expires_at > %s AND annotator_id <> %s""",
+        [item.pk, connection.ops.adapt_datetimefield_value(now), annotator.pk],
+    )
+    return item.live_submissions + held_by_others < item.project.overlap
 
 
 def current_lease(project: Project, annotator: User, now: datetime) -> Lease | None:
