@@ -308,7 +308,7 @@ async def http_next_item(base: str, username: str, samples: int) -> list[float]:
 
 def service_next_item(username: str, samples: int) -> tuple[list[float], float]:
     """`queue.next_item` timed alone, and EXPLAIN ANALYZE of its candidate query (ms)."""
-    from django.db import transaction
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from webapp.accounts.models import User
@@ -324,17 +324,10 @@ def service_next_item(username: str, samples: int) -> tuple[list[float], float]:
         assert queue.next_item(project, user) is not None
         timings.append((time.perf_counter() - started) * 1000)
     Lease.objects.filter(annotator=user).delete()
-    now = timezone.now()
-    candidates = queue.with_free_slot(
-        queue.open_items(project, user, gold=False), project, user, now
-    )
-    query = (
-        candidates.order_by("-live_submissions", "-version_rank", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .select_related("project")[:1]
-    )
-    with transaction.atomic():
-        plan = query.explain(analyze=True)
+    sql, params = queue.candidate_sql(project, user, timezone.now(), gold=False)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN ANALYZE {sql} FOR UPDATE OF i SKIP LOCKED", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
     execution = re.search(r"Execution Time: ([\d.]+) ms", plan)
     return timings, float(execution.group(1)) if execution else float("nan")
 
@@ -359,6 +352,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database-name", default="bench_annotation")
+    parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--annotators", type=int, default=100)
     parser.add_argument("--overlap", type=int, default=3)
@@ -395,6 +389,8 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         "STATIC_MANIFEST": "false",  # no collectstatic here; the item fragment links no file
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "webapp.settings",
+        # As in production (docker-compose.yml): sessions read from Redis.
+        "CACHE_URL": args.cache_url,
         "QUERY_LOG": str(Path(data_dir) / "queries.log"),
     }
 

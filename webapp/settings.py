@@ -98,6 +98,27 @@ def _database(url: str) -> dict[str, Any]:
 DATABASES = {"default": _database(env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# One cache shared by every web process: sessions are read from it (written through to the
+# database, so a restart logs nobody out) and rate limits count in it. A per-process memory cache
+# would let a session that was logged out in one process live on in another.
+CACHE_URL = env_str("CACHE_URL", "file://")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    _cache: dict[str, Any] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+    }
+elif CACHE_URL == "file://":
+    _cache = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache"),
+    }
+else:
+    raise ImproperlyConfigured(
+        f"CACHE_URL must be file:// or start with redis://, got {CACHE_URL!r}."
+    )
+CACHES = {"default": _cache}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

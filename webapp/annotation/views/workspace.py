@@ -8,10 +8,11 @@ that the services gave (retargeted to the item's message box so a half-filled fo
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Paginator
-from django.db.models import Prefetch
+from django.db.models import Prefetch, prefetch_related_objects
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -54,10 +55,12 @@ def _project_for(request: HttpRequest, slug: str) -> Project:
     Its questions come along: a submit checks the answers against them, then the next item shows
     them and offers flag reasons from them (one query instead of three).
     """
-    project = get_object_or_404(Project.objects.prefetch_related("questions"), slug=slug)
-    if not Membership.objects.filter(project=project, user=_user(request)).exists():
+    memberships = Membership.objects.filter(project__slug=slug, user=_user(request))
+    membership = memberships.select_related("project").first()
+    if membership is None:
         raise Http404("No such project.")
-    return project
+    prefetch_related_objects([membership.project], "questions")
+    return membership.project
 
 
 def _item_for(project: Project, item_id: int) -> Item:
@@ -107,10 +110,16 @@ def item_context(project: Project, user: User) -> dict[str, Any]:
             "responses": [p.response for p in placements],
             "previous": labelling.previous_answers(item, user),
         }
-    context["progress"] = queue.progress(project, user)
+    context["progress"] = progress = queue.progress(project, user)
     context["flag_options"] = labelling.flag_options(project)
-    context["can_undo"] = _undoable(project, user) is not None
+    context["can_undo"] = _in_undo_window(project, progress.last_answer_at)
     return context
+
+
+def _in_undo_window(project: Project, answered_at: datetime | None) -> bool:
+    if answered_at is None:
+        return False
+    return (timezone.now() - answered_at).total_seconds() <= project.undo_window_seconds
 
 
 def _undoable(project: Project, user: User) -> Submission | None:
@@ -122,8 +131,7 @@ def _undoable(project: Project, user: User) -> Submission | None:
     )
     if last is None:
         return None
-    age = (timezone.now() - last.submitted_at).total_seconds()
-    return last if age <= project.undo_window_seconds else None
+    return last if _in_undo_window(project, last.submitted_at) else None
 
 
 def _next(request: HtmxHttpRequest, project: Project, event: str) -> HttpResponse:
