@@ -98,27 +98,6 @@ def _database(url: str) -> dict[str, Any]:
 DATABASES = {"default": _database(env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# One cache shared by every web process: sessions are read from it (written through to the
-# database, so a restart logs nobody out) and rate limits count in it. A per-process memory cache
-# would let a session that was logged out in one process live on in another.
-CACHE_URL = env_str("CACHE_URL", "file://")
-if CACHE_URL.startswith(("redis://", "rediss://")):
-    _cache: dict[str, Any] = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": CACHE_URL,
-    }
-elif CACHE_URL == "file://":
-    _cache = {
-        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": str(DATA_DIR / "cache"),
-    }
-else:
-    raise ImproperlyConfigured(
-        f"CACHE_URL must be file:// or start with redis://, got {CACHE_URL!r}."
-    )
-CACHES = {"default": _cache}
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -185,24 +164,31 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# Django's cache holds the API's rate-limit counters, which every web process must share: Redis
-# when CACHE_URL names it (a Redis BROKER_URL is the default), else this process's memory (the
-# embedded default, where each of its web processes then counts for itself).
+# One cache shared by every web process: sessions are read from it (written through to the
+# database, so a restart logs nobody out) and the API's rate limits count in it. A per-process
+# memory cache would let a session logged out in one process live on in another, and would
+# multiply the rate limit by the number of processes. Redis when CACHE_URL names it (a Redis
+# BROKER_URL is the default); files under DATA_DIR in the embedded default.
 CACHE_URL = env_str(
-    "CACHE_URL", BROKER_URL if BROKER_URL.startswith(("redis://", "rediss://")) else "locmem://"
+    "CACHE_URL", BROKER_URL if BROKER_URL.startswith(("redis://", "rediss://")) else "file://"
 )
 if CACHE_URL.startswith(("redis://", "rediss://")):
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": CACHE_URL,
-            "KEY_PREFIX": "rlhf-cache",  # apart from Celery's keys on a shared server
-        }
+    _cache: dict[str, Any] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "rlhf-cache",  # apart from Celery's keys on a shared server
     }
-elif CACHE_URL == "locmem://":
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+elif CACHE_URL == "file://":
+    _cache = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache"),
+    }
 else:
-    raise ImproperlyConfigured(f"CACHE_URL must be locmem:// or redis://..., got {CACHE_URL!r}.")
+    raise ImproperlyConfigured(
+        f"CACHE_URL must be file:// or start with redis://, got {CACHE_URL!r}."
+    )
+CACHES = {"default": _cache}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 # Calls one API token may make per minute (webapp/api/security.py).
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)

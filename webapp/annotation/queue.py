@@ -46,9 +46,10 @@ from webapp.annotation.models import (
 WITHHOLDING_FLAGS = (FlagStatus.OPEN.value, FlagStatus.RESOLVED.value)
 # How many locked-then-taken candidates next_item steps over before it gives up for now.
 _MAX_ATTEMPTS = 8
-# Progress counts stop here: "100+" is all an annotator needs to know, and the count runs after
-# every answer, so it must stay a short index scan (1,000 cost 9 ms of PostgreSQL per answer).
-AVAILABLE_CAP = 100
+# Progress counts stop here: "20+" is all an annotator needs to know, and the count runs after
+# every answer, so it must stay a short index scan (at 1,000 it cost 9 ms of PostgreSQL per
+# answer; at 100 a few ms more than at 20 under load, measured with benchmarks/annotation_load.py).
+AVAILABLE_CAP = 20
 
 
 class AnnotationError(Exception):

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from webapp.accounts.models import User
 from webapp.exports import rows as builders
 from webapp.exports import source
 from webapp.exports.dataset_card import dataset_card
@@ -267,7 +268,7 @@ def _manifest(
         "schema_version": SCHEMA_VERSION,
         "snapshot_id": snapshot.pk,
         "project": {"slug": snapshot.project.slug, "name": snapshot.project.name},
-        "filters": snapshot.filters,
+        "filters": _published_filters(snapshot, policy.salt),
         "options": snapshot.options,
         "formats": snapshot.formats,
         "seed": snapshot.seed,
@@ -285,6 +286,15 @@ def _manifest(
             name: DATASETS[name].description for name in dict.fromkeys(f["dataset"] for f in files)
         },
     }
+
+
+def _published_filters(snapshot: ExportSnapshot, salt: str) -> dict[str, Any]:
+    """The filters as the snapshot publishes them: annotators by their pseudonyms in this
+    snapshot, never by username (the files name nobody)."""
+    names = snapshot.filters.get("annotators") or []
+    ids = User.objects.filter(username__in=names).values_list("pk", flat=True)
+    pseudonyms = sorted(builders.pseudonym(salt, pk) for pk in ids)
+    return snapshot.filters | {"annotators": pseudonyms}
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -158,7 +158,12 @@ def _moment(value: object, field: str) -> str | None:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat()
+    try:
+        return moment.astimezone(UTC).isoformat()
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 lies before the first representable day
+        raise ExportError(
+            f"{field} is out of the range of dates, got {value!r}.", field=field
+        ) from None
 
 
 def _names(value: object, field: str) -> list[str]:

@@ -40,9 +40,10 @@ def shown(tmp_path: Path, **env: str) -> tuple[dict[str, Any], int]:
     return cache, limit
 
 
-def test_the_embedded_default_counts_in_local_memory(tmp_path: Path) -> None:
+def test_the_embedded_default_counts_in_files_every_web_process_shares(tmp_path: Path) -> None:
     cache, limit = shown(tmp_path)
-    assert cache["BACKEND"].endswith("LocMemCache") and limit == 120
+    assert cache["BACKEND"].endswith("FileBasedCache") and limit == 120
+    assert cache["LOCATION"] == str(tmp_path / "cache")
 
 
 def test_with_a_redis_broker_the_counts_live_in_that_redis(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_cache_url_and_the_limit_can_be_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("CACHE_URL", "memcached://x", "CACHE_URL must be locmem:// or redis://"),
+        ("CACHE_URL", "memcached://x", "CACHE_URL must be file:// or start with redis://"),
         ("API_RATE_LIMIT_PER_MINUTE", "0", "API_RATE_LIMIT_PER_MINUTE must be at least 1"),
         ("API_RATE_LIMIT_PER_MINUTE", "lots", "must be a whole number"),
     ],

@@ -80,6 +80,12 @@ def test_times_are_normalised_to_utc_and_ordered() -> None:
         clean_filters({"since": "2026-11-02", "until": "2026-11-01"})
 
 
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_refused(moment: str) -> None:
+    with pytest.raises(ExportError, match="out of the range of dates"):
+        clean_filters({"since": moment})
+
+
 def test_names_may_be_given_as_a_comma_separated_string() -> None:
     assert clean_filters({"annotators": "bo, al,bo"})["annotators"] == ["al", "bo"]
 

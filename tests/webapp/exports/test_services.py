@@ -177,6 +177,18 @@ def test_events_name_annotators_by_a_salted_pseudonym_per_snapshot(
     assert one.salt not in text and one.salt not in json.dumps(one.manifest)
 
 
+def test_the_manifest_names_filtered_annotators_by_their_pseudonyms_only(
+    labelled: Project, build: Build, annotator: User
+) -> None:
+    snapshot = build(labelled, ["events_jsonl"], filters={"annotators": [annotator.username]})
+    with open_snapshot_file(snapshot, "manifest.json") as handle:
+        published = handle.read().decode()
+    rows = read_jsonl(snapshot_files(snapshot)[0])
+    assert f'"{annotator.username}"' not in published
+    assert json.loads(published)["filters"]["annotators"] == [rows[0]["annotator_id"]]
+    assert snapshot.manifest["filters"]["annotators"] == [rows[0]["annotator_id"]]
+
+
 def test_filters_select_gold_flagged_annotators_versions_and_time(
     make_project: MakeProject,
     add_items: AddItems,
