@@ -294,7 +294,8 @@ def _published_filters(snapshot: ExportSnapshot, salt: str) -> dict[str, Any]:
     names = snapshot.filters.get("annotators") or []
     ids = User.objects.filter(username__in=names).values_list("pk", flat=True)
     pseudonyms = sorted(builders.pseudonym(salt, pk) for pk in ids)
-    return snapshot.filters | {"annotators": pseudonyms}
+    published: dict[str, Any] = {**snapshot.filters, "annotators": pseudonyms}
+    return published
 
 
 def _write_json(path: Path, value: Any) -> None:
