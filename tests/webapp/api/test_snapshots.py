@@ -23,7 +23,7 @@ from webapp.accounts.models import User
 from webapp.api.pseudonyms import annotator_pseudonym
 from webapp.exports import building
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
-from webapp.exports.services import create_snapshot
+from webapp.exports.services import create_snapshot, open_snapshot_file
 
 SNAPSHOTS = API + "/snapshots"
 
@@ -243,10 +243,14 @@ def test_usernames_in_a_browser_made_snapshots_filters_show_as_pseudonyms(
         run_in_background=False,
     )
     assert building.run_snapshot(snapshot.pk)
+    snapshot.refresh_from_db()
     response = researcher_client.get(f"{SNAPSHOTS}/{snapshot.pk}")
     pseudonym = annotator_pseudonym(scene.pairs.pk, annotator.pk)
     assert response.json()["filters"]["annotators"] == [pseudonym]
-    assert response.json()["manifest"]["filters"]["annotators"] == [pseudonym]
+    with open_snapshot_file(snapshot, "manifest.json") as handle:
+        published = json.loads(handle.read())
+    assert response.json()["manifest"] == published  # the file's own, snapshot pseudonyms
+    assert len(published["filters"]["annotators"]) == 1
     assert '"ann"' not in response.content.decode()
 
 

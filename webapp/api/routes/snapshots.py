@@ -200,15 +200,13 @@ def _shown(request: HttpRequest, snapshot: ExportSnapshot) -> dict[str, Any]:
         }
         for path in exports.snapshot_files(snapshot)
     ]
-    manifest = dict(snapshot.manifest)
-    if "filters" in manifest:
-        manifest["filters"] = _without_usernames(snapshot.project, manifest["filters"])
     return {
         **{field: getattr(snapshot, field) for field in _COPIED},
         "project": snapshot.project.slug,
         "progress_percent": snapshot.progress_percent,
         "filters": _without_usernames(snapshot.project, snapshot.filters),
-        "manifest": manifest,
+        # As the snapshot's manifest.json has it: annotators already by the snapshot's pseudonyms.
+        "manifest": snapshot.manifest,
         "files": files,
     }
 
