@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.webapp.annotation.conftest import add_items, make_project  # noqa: F401 (fixtures)
+from tests.webapp.annotation.scripted import response_ids
 from webapp.accounts.models import User
 from webapp.annotation.models import AnnotationEvent, EventKind, Item, Label, Question, Submission
 
@@ -65,10 +66,6 @@ def add_label(db: None) -> AddLabel:
         )
 
     return add
-
-
-def response_ids(item: Item) -> list[int]:
-    return list(item.placements.order_by("position").values_list("response_id", flat=True))
 
 
 def win(item: Item, side: int, strength: int = 2) -> dict[str, Any]:
