@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connections
 from django.test import Client
 
@@ -40,6 +41,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     if IN_CI and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise pytest.UsageError("CI=true: the tests must run on PostgreSQL; set DATABASE_URL.")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Each test starts with an empty cache (this process's memory, see pytest_configure):
+    cached sessions and counts keyed by ids must not leak into a test that reuses the ids."""
+    cache.clear()
 
 
 def missing_service(reason: str) -> None:

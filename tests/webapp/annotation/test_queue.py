@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.db import connection, connections
 from django.utils import timezone
 
@@ -368,6 +370,24 @@ def test_progress_stops_counting_at_the_cap(
     assert progress.available == queue.AVAILABLE_CAP
     assert progress.available_label == f"{queue.AVAILABLE_CAP}+"
     assert progress.last_answer_at is None
+
+
+def test_a_count_at_the_cap_is_reused_for_a_while_and_one_below_it_never(
+    make_project: MakeProject,
+    add_items: AddItems,
+    annotator: User,
+    django_assert_num_queries: Callable[..., Any],
+) -> None:
+    project = make_project(members=[annotator])
+    items = add_items(project, prompts=queue.AVAILABLE_CAP, responses=1)
+    assert queue.available_items(project, annotator) == queue.AVAILABLE_CAP
+    Item.objects.filter(pk=items[0].pk).update(is_complete=True)
+    with django_assert_num_queries(0):  # a deep queue: the count from the cache
+        assert queue.available_items(project, annotator) == queue.AVAILABLE_CAP
+    cache.clear()  # the minute has passed
+    assert queue.available_items(project, annotator) == queue.AVAILABLE_CAP - 1
+    Item.objects.filter(pk=items[1].pk).update(is_complete=True)
+    assert queue.available_items(project, annotator) == queue.AVAILABLE_CAP - 2
 
 
 def test_the_queue_query_reads_the_partial_index_with_a_limit(
