@@ -11,11 +11,12 @@ submissions, newest model version, oldest item) with NOT EXISTS filters and LIMI
 first open row ends the scan. Every lease is created under a row lock on its item, so the lock
 plus a re-count of the leases in a fresh statement makes the last slot go to one annotator only.
 
-The queue's three reads that run on every answer (the candidate, the annotator's held lease and
-the count of what is left) are written in SQL rather than built with the ORM: PostgreSQL runs
-each in about 0.1 ms, while composing the same queries from querysets cost 2-4 ms of CPU every
-time, most of a request's budget. The SQL is plain enough for SQLite too (the embedded default),
-which has no row locks; its transactions take the write lock up front instead.
+The reads that run on every answer (the membership check, the annotator's held lease, the
+candidate, the slot re-count and the count of what is left) are written in SQL rather than built
+with the ORM: PostgreSQL runs each in about 0.1 ms, while composing the same queries from
+querysets cost 1-4 ms of CPU every time, most of a request's budget. The SQL is plain enough
+for SQLite too (the embedded default), which has no row locks; its transactions take the write
+lock up front instead.
 """
 
 from __future__ import annotations
