@@ -16,12 +16,23 @@ from webapp.celery_app import app
 PROBE_DEFAULT_QUEUE = "system.probe_default"
 PROBE_GPU_QUEUE = "system.probe_gpu"
 BUILD_EXPORT_SNAPSHOT = "exports.build_snapshot"
-KNOWN_TASKS = frozenset({PROBE_DEFAULT_QUEUE, PROBE_GPU_QUEUE, BUILD_EXPORT_SNAPSHOT})
+RUN_TRAINING_ROUND = "training.run_round"  # the gpu queue (routed by the "training." prefix)
+RECONCILE_TRAINING_ROUNDS = "maintenance.reconcile_rounds"  # the default queue, every minute
+KNOWN_TASKS = frozenset(
+    {
+        PROBE_DEFAULT_QUEUE,
+        PROBE_GPU_QUEUE,
+        BUILD_EXPORT_SNAPSHOT,
+        RUN_TRAINING_ROUND,
+        RECONCILE_TRAINING_ROUNDS,
+    }
+)
 
 
-def enqueue_after_commit(task_name: str, *ids: int) -> None:
+def enqueue_after_commit(task_name: str, *ids: int, task_id: str | None = None) -> None:
     if task_name not in KNOWN_TASKS:
         raise ValueError(f"Unknown background task {task_name!r}.")
     if not all(isinstance(pk, int) for pk in ids):
         raise TypeError("Background tasks carry primary keys (integers) only.")
-    transaction.on_commit(lambda: app.send_task(task_name, args=list(ids)), robust=False)
+    options = {"task_id": task_id} if task_id else {}  # the id a reconciler can look for
+    transaction.on_commit(lambda: app.send_task(task_name, args=list(ids), **options), robust=False)

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "webapp.core",
     "webapp.annotation",
     "webapp.exports",
+    "webapp.training",
     "ninja",  # the API docs page's scripts, served as our static files instead of from a CDN
     "webapp.api",
 ]
@@ -163,6 +164,16 @@ CELERY_TASK_IGNORE_RESULT = True  # tasks write their results and progress to th
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The reconciler (webapp/training/rounds.py) runs every minute through celery beat: it fails a
+# RUNNING round whose worker stopped its heartbeat and re-sends a QUEUED round nobody took.
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-training-rounds": {"task": "maintenance.reconcile_rounds", "schedule": 60.0}
+}
+# A running round's worker writes a heartbeat every few seconds; this long without one and
+# the round is failed (the worker died); a queued round is sent again after this long.
+TRAINING_HEARTBEAT_TIMEOUT_SECONDS = env_int("TRAINING_HEARTBEAT_TIMEOUT_SECONDS", 120, minimum=5)
+TRAINING_HEARTBEAT_EVERY_SECONDS = env_int("TRAINING_HEARTBEAT_EVERY_SECONDS", 10, minimum=1)
+TRAINING_RESEND_AFTER_SECONDS = env_int("TRAINING_RESEND_AFTER_SECONDS", 600, minimum=5)
 
 # One cache shared by every web process: sessions are read from it (written through to the
 # database, so a restart logs nobody out) and the API's rate limits count in it. A per-process
