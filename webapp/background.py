@@ -7,6 +7,8 @@ not there yet, and a rolled-back request sends nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 
 from webapp.celery_app import app
@@ -34,5 +36,5 @@ def enqueue_after_commit(task_name: str, *ids: int, task_id: str | None = None) 
         raise ValueError(f"Unknown background task {task_name!r}.")
     if not all(isinstance(pk, int) for pk in ids):
         raise TypeError("Background tasks carry primary keys (integers) only.")
-    options = {"task_id": task_id} if task_id else {}  # the id a reconciler can look for
+    options: dict[str, Any] = {"task_id": task_id} if task_id else {}  # for a reconciler
     transaction.on_commit(lambda: app.send_task(task_name, args=list(ids), **options), robust=False)
