@@ -10,6 +10,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 django.setup()
 
 from webapp.celery_app import app  # noqa: E402
-from workers import exports, system  # noqa: E402
+from workers import exports, maintenance, system, training  # noqa: E402
 
-__all__ = ["app", "exports", "system"]
+__all__ = ["app", "exports", "maintenance", "system", "training"]

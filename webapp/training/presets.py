@@ -58,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rollout_batch_size": 4,
             "minibatch_size": 4,
             "max_new_tokens": 8,
+            "missing_eos_penalty": None,
             "ppo_epochs": 1,
             "checkpoint_every": 1,
             "lr": 1e-4,
@@ -74,10 +75,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sft": {"epochs": 1, "batch_size": 8, "lr": 3e-4, "max_length": 160},
         "reward": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "max_length": 160},
         "ppo": {
-            "steps": 12,
+            "steps": 40,
             "rollout_batch_size": 8,
             "minibatch_size": 8,
             "max_new_tokens": 32,
+            # The Shakespeare model never ends a reply within 32 tokens: a penalty for a missing
+            # end of sequence would replace every score, and PPO would learn nothing.
+            "missing_eos_penalty": None,
             "ppo_epochs": 2,
             "checkpoint_every": 2,
             "lr": 1e-4,

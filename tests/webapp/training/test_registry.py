@@ -1,0 +1,167 @@
+"""The registry's side of a round: its label snapshot, one model version, one batch of samples
+in the queue (blind pairs of new against parent), the latest reward model, promotion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.webapp.annotation.conftest import AddItems, MakeProject, add_items, make_project  # noqa: F401 (fixtures)
+from tests.webapp.exports.conftest import AddLabel, add_label, export_dir, win  # noqa: F401 (fixtures)
+from webapp.accounts.models import User
+from webapp.annotation.models import Item, ModelVersion, Project, Response
+from webapp.annotation.questions import TaskType
+from webapp.exports.models import ExportSnapshot
+from webapp.training import registry, rounds
+from webapp.training.models import RoundKind, RoundState, TrainingRound
+from webapp.training.presets import build_config
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def base() -> ModelVersion:
+    return ModelVersion.objects.create(name="base", checkpoint_dir="versions/base")
+
+
+@pytest.fixture
+def project(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base: ModelVersion,
+) -> Project:
+    project = make_project(TaskType.PAIRWISE, slug="reg", serving_version=base)
+    for item in add_items(project, prompts=6):
+        add_label(item, annotator, "preference", win(item, 0))
+    return project
+
+
+def running_round(project: Project, kind: str = RoundKind.FULL, **fields: Any) -> TrainingRound:
+    training_round = TrainingRound.objects.create(
+        project=project, kind=kind, preset="ci", config=build_config(kind, "ci"), **fields
+    )
+    assert rounds.claim(training_round.pk, "w")
+    return TrainingRound.objects.select_related("project").get(pk=training_round.pk)
+
+
+def samples(project: Project, per_prompt: int = 2) -> list[dict[str, Any]]:
+    rows = []
+    for prompt in project.prompts.all()[:3]:
+        for which in ("new", "parent"):
+            rows += [
+                {"prompt_id": prompt.pk, "which": which, "text": f"{which} {k}\x00"}
+                for k in range(per_prompt)
+            ]
+    return rows
+
+
+def test_a_round_registers_one_version_whatever_happens_twice(
+    project: Project, base: ModelVersion
+) -> None:
+    training_round = running_round(project)
+    first = registry.register_version(
+        training_round.pk, "w", "rounds/1/stages/ppo/model", {"kl": 1}
+    )
+    again = registry.register_version(training_round.pk, "w", "elsewhere", {})
+    assert first is not None and again == first
+    assert first.name == f"reg-r{training_round.pk}" and first.parent == base
+    assert first.checkpoint_dir == "rounds/1/stages/ppo/model" and first.metrics == {"kl": 1}
+    assert ModelVersion.objects.count() == 2
+    assert TrainingRound.objects.get(pk=training_round.pk).result_version == first
+
+
+def test_a_worker_that_lost_the_round_registers_nothing(project: Project) -> None:
+    training_round = running_round(project)
+    assert registry.register_version(training_round.pk, "other", "x", {}) is None
+    assert ModelVersion.objects.count() == 1
+
+
+def test_a_pretrained_version_has_no_parent(project: Project) -> None:
+    training_round = running_round(project, kind=RoundKind.PRETRAIN)
+    version = registry.register_version(training_round.pk, "w", "x", {})
+    assert version is not None and version.parent is None
+
+
+def test_samples_become_blind_pairs_of_new_against_parent_once(
+    project: Project, base: ModelVersion
+) -> None:
+    training_round = running_round(project)
+    new = ModelVersion.objects.create(name="new", parent=base, checkpoint_dir="x")
+    rows = samples(project)
+    before = Item.objects.count()
+    added = registry.add_samples(training_round.pk, "w", new, base, rows, {"temperature": 1.0})
+    assert added == len(rows) == 12
+    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) is None
+    assert Response.objects.filter(model_version=new).count() == 6
+    items = Item.objects.all()[before:]
+    assert len(items) == 6
+    for item in items:
+        responses = list(item.responses.all())
+        assert {r.model_version for r in responses} == {new, base}
+        assert all(r.prompt_id == item.prompt_id and "\x00" not in r.text for r in responses)
+        assert responses[0].sampling == {"temperature": 1.0, "round": training_round.pk}
+    assert TrainingRound.objects.get(pk=training_round.pk).samples_added == 12
+
+
+def test_samples_without_a_parent_are_paired_with_each_other(project: Project) -> None:
+    training_round = running_round(project, kind=RoundKind.GENERATE)
+    version = project.serving_version
+    assert version is not None
+    rows = [row for row in samples(project) if row["which"] == "new"]
+    before = Item.objects.count()
+    assert registry.add_samples(training_round.pk, "w", version, None, rows, {}) == 6
+    assert Item.objects.count() - before == 3  # two samples of each prompt make a pair
+
+
+def test_the_label_snapshot_is_built_once_with_its_hash(project: Project) -> None:
+    training_round = running_round(project)
+    snapshot = registry.snapshot_labels(training_round)
+    assert snapshot.formats == ["pairs_jsonl"]
+    training_round.refresh_from_db()
+    assert training_round.label_snapshot == snapshot
+    assert training_round.labels_count == 6 and len(training_round.labels_sha256) == 64
+    assert registry.snapshot_labels(training_round) == snapshot  # a resume reuses it
+    assert ExportSnapshot.objects.count() == 1
+    inputs = registry.label_inputs(snapshot)
+    assert inputs["rows"] == {"pairs": 6}
+    assert all(Path(path).is_file() for path in inputs["labels"]["train"])
+
+
+def test_the_latest_reward_model_comes_from_a_succeeded_round_that_fitted_one(
+    project: Project,
+) -> None:
+    assert registry.latest_reward_model(project) is None
+    fitted = TrainingRound.objects.create(
+        project=project,
+        kind=RoundKind.REWARD,
+        preset="ci",
+        state=RoundState.SUCCEEDED,
+        stages_done=["labels", "reward"],
+        run_dir="rounds/7",
+    )
+    TrainingRound.objects.create(
+        project=project, kind=RoundKind.REWARD, preset="ci", state=RoundState.FAILED
+    )
+    assert registry.latest_reward_model(project) == "rounds/7/stages/reward/model"
+    assert registry.latest_reward_model(project, exclude=fitted.pk) is None
+
+
+def test_prompts_with_the_fewest_responses_come_first(project: Project) -> None:
+    answered = project.prompts.first()
+    assert answered is not None
+    Response.objects.create(prompt=answered, text="one more")
+    chosen = registry.project_prompts(project, 5, seed=1)
+    assert len(chosen) == 5 and answered not in chosen
+    assert registry.project_prompts(project, 5, seed=1) == chosen  # seeded
+
+
+def test_promote_makes_a_version_serve_the_project(project: Project) -> None:
+    new = ModelVersion.objects.create(name="new", checkpoint_dir="x")
+    registry.promote(project, new)
+    assert Project.objects.get(pk=project.pk).serving_version == new
+    with pytest.raises(registry.RegistryError, match="no checkpoint"):
+        registry.promote(project, ModelVersion.objects.create(name="empty"))
