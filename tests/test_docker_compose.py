@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-APP_SERVICES = ["migrate", "web", "worker", "gpu-worker"]
+APP_SERVICES = ["migrate", "web", "worker", "beat", "gpu-worker"]
 
 
 def command_of(service: str) -> list[str]:
@@ -37,7 +37,7 @@ def option(command: list[str], *names: str) -> str:
 
 
 def test_it_describes_the_production_services() -> None:
-    assert set(SERVICES) >= {"postgres", "redis", "web", "worker", "gpu-worker"}
+    assert set(SERVICES) >= {"postgres", "redis", "web", "worker", "beat", "gpu-worker"}
     assert set(COMPOSE["volumes"]) >= {"postgres-data", "data", "models"}
     assert "postgres-data:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     for service in APP_SERVICES:
@@ -81,6 +81,32 @@ def test_the_gpu_worker_reserves_a_gpu_and_runs_one_task_at_a_time() -> None:
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert option(command_of("gpu-worker"), "--concurrency", "-c") == "1"
+
+
+def test_one_beat_runs_the_projects_schedule_and_keeps_it_in_the_data_volume() -> None:
+    command = command_of("beat")
+    assert command[:4] == ["celery", "-A", "workers.app", "beat"]
+    app = importlib.import_module(command[2]).app
+    schedule = option(command, "--schedule", "-s")
+    assert schedule.startswith("/data/") and "data:/data" in SERVICES["beat"]["volumes"]
+    assert "celerybeat-schedule" in " ".join(SERVICES["beat"]["healthcheck"]["test"])
+    assert "replicas" not in SERVICES["beat"].get("deploy", {})  # one beat, never scaled
+    # Every periodic task is one the workers run, on a queue a worker of the file listens to.
+    worker_queues = {
+        option(command_of(name), "-Q", "--queues") for name in ("worker", "gpu-worker")
+    }
+    assert app.conf.beat_schedule
+    for entry in app.conf.beat_schedule.values():
+        assert entry["task"] in app.tasks
+        route = next(
+            (r["queue"] for p, r in app.conf.task_routes.items() if _matches(p, entry["task"])),
+            app.conf.task_default_queue,
+        )
+        assert route in worker_queues
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
 
 
 def test_the_migrate_service_runs_a_management_command_of_the_project() -> None:

@@ -1,8 +1,12 @@
 """`manage.py embedded`: the whole application on one machine with no services to install.
 
-Prepares the data directory (database, static files, demo accounts, the demo model), then runs
-the web server (gunicorn) and one worker per queue on the file-system broker, and supervises
-them: if one stops, everything stops, with the tail of its log.
+Prepares the data directory (database, static files, demo accounts, the demo model), registers
+the demo model as the base version and queues a round that puts its samples into the demo's
+pairwise project, then runs the web server (gunicorn), one worker per queue on the file-system
+broker (the `default` one also runs celery beat, whose schedule reconciles training rounds), and
+with `--simulate` the simulated annotators (workers/simulation.py) that label, start a training
+round and label its new samples. It supervises them: if one stops, everything stops, with the
+tail of its log; only the simulation may finish.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webapp.annotation.demo import seed_demo_projects
-from webapp.core.demo import ensure_demo_accounts
+from webapp.core.demo import DemoAccount, ensure_demo_accounts
+from webapp.training.demo import SIMULATED_PROJECT, prepare_demo_training
+from webapp.training.presets import PRESETS
 
 READY_TIMEOUT_S = 60
+SIMULATION = "simulation"
 
 
 class Command(BaseCommand):
@@ -40,9 +47,43 @@ class Command(BaseCommand):
             default=None,
             help="pretraining steps of the demo model (rlhf_core's default); 0: no demo model",
         )
+        parser.add_argument(
+            "--round-preset",
+            choices=sorted(PRESETS),
+            default="demo",
+            help="preset of the rounds the demo starts (%(default)s; ci: seconds, learns little)",
+        )
+        simulate = parser.add_argument_group(
+            "simulated annotators",
+            "Watch a whole training round: annotators with a known taste label the demo's "
+            "pairwise project, a full round (reward model, PPO, new version, new samples) starts "
+            "once enough labels are in, and they label the new samples for the leaderboard.",
+        )
+        simulate.add_argument(
+            "--simulate", action="store_true", help="start the simulated annotators"
+        )
+        simulate.add_argument(
+            "--simulate-labels",
+            type=int,
+            default=60,
+            metavar="N",
+            help="labels before each round starts (%(default)s)",
+        )
+        simulate.add_argument(
+            "--simulate-rounds", type=int, default=1, metavar="N", help="(%(default)s)"
+        )
+        simulate.add_argument(
+            "--simulate-pace",
+            type=float,
+            default=0.5,
+            metavar="SECONDS",
+            help="between two answers (%(default)s)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
+        if options["simulate"]:
+            _check_simulation_options(options)
         _refuse_busy_port(host, port)
         logs = _prepare_data_dir()
         self.stdout.write(f"Data directory: {settings.DATA_DIR}")
@@ -54,8 +95,12 @@ class Command(BaseCommand):
             self.stdout.write("Demo model (a tiny PaLM pretrained on Shakespeare):")
             self.stdout.flush()
             _build_demo_model(options["demo_steps"])
+            self._prepare_demo_training(options["round_preset"])
 
-        processes = _start_processes(host, port, options["web_workers"], logs)
+        commands = _commands(host, port, options["web_workers"])
+        if options["simulate"]:
+            commands[SIMULATION] = _simulation_command(options)
+        processes = _start_processes(commands, logs)
         stopping = False
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -67,23 +112,48 @@ class Command(BaseCommand):
         try:
             url = f"http://{host}:{port}/"
             _wait_until_ready(url + "healthz", processes, logs)
-            self.stdout.write(self.style.SUCCESS(f"\nRLHF Feedback is running at {url}"))
-            self.stdout.write("Demo log-ins (username / password):")
-            for account in accounts:
-                self.stdout.write(
-                    f"  {account.role.label:<11} {account.username} / {account.password}"
-                )
-            self.stdout.write(f"Logs: {logs}\nPress Ctrl+C to stop.", ending="\n")
-            self.stdout.flush()
+            self._banner(url, accounts, logs, simulating=SIMULATION in processes)
             while not stopping:
                 time.sleep(0.5)
                 # On Ctrl+C the children get the signal too and may exit first: not a failure.
-                for name, process in processes.items():
-                    if process.poll() is not None and not stopping:
-                        raise CommandError(_died(name, process, logs))
+                for name, process in list(processes.items()):
+                    if process.poll() is None or stopping:
+                        continue
+                    if name == SIMULATION:  # the app keeps serving what it did
+                        self.stdout.write(_simulation_ended(process, logs))
+                        self.stdout.flush()
+                        del processes[name]
+                        continue
+                    raise CommandError(_died(name, process, logs))
             self.stdout.write("Stopping…")
         finally:
             _terminate(processes)
+
+    def _banner(
+        self, url: str, accounts: tuple[DemoAccount, ...], logs: Path, *, simulating: bool
+    ) -> None:
+        self.stdout.write(self.style.SUCCESS(f"\nRLHF Feedback is running at {url}"))
+        self.stdout.write("Demo log-ins (username / password):")
+        for account in accounts:
+            self.stdout.write(f"  {account.role.label:<11} {account.username} / {account.password}")
+        if simulating:
+            self.stdout.write(
+                f"Simulated annotators are labelling {SIMULATED_PROJECT}; follow them in "
+                f"{logs / (SIMULATION + '.log')} and the rounds at {url}training/"
+            )
+        self.stdout.write(f"Logs: {logs}\nPress Ctrl+C to stop.", ending="\n")
+        self.stdout.flush()
+
+    def _prepare_demo_training(self, preset: str) -> None:
+        demo = prepare_demo_training(preset)
+        serving = ", ".join(project.slug for project in demo.projects)
+        self.stdout.write(f"Demo model registered as {demo.base.name}, serving {serving}.")
+        for started in demo.generation_rounds:
+            self.stdout.write(
+                f"  Round {started.pk} puts its samples into {started.project.slug}'s queue "
+                "once the workers run."
+            )
+        self.stdout.flush()
 
 
 def _refuse_busy_port(host: str, port: int) -> None:
@@ -120,20 +190,53 @@ def _prepare_data_dir() -> Path:
     return logs
 
 
-def _start_processes(
-    host: str, port: int, web_workers: int, logs: Path
-) -> dict[str, subprocess.Popen[bytes]]:
+def _commands(host: str, port: int, web_workers: int) -> dict[str, list[str]]:
     python = sys.executable
     worker = [python, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"]
-    commands = {
+    worker += ["--loglevel", "INFO"]  # each task received and finished, in the worker's log
+    # One beat in the whole installation: embedded in the default worker, its schedule (when
+    # each periodic task last ran) kept in the data directory.
+    beat = ["--beat", "--schedule", str(Path(settings.DATA_DIR) / "celerybeat-schedule")]
+    return {
         "web": [
             *(python, "-m", "gunicorn", "webapp.wsgi:application"),
             *("--bind", f"{host}:{port}", "--workers", str(web_workers)),
             *("--access-logfile", "-"),
         ],
-        "worker-default": [*worker, "-Q", "default", "-n", "default@%h"],
+        "worker-default": [*worker, "-Q", "default", "-n", "default@%h", *beat],
         "worker-gpu": [*worker, "-Q", "gpu", "-n", "gpu@%h"],
     }
+
+
+def _simulation_command(options: dict[str, Any]) -> list[str]:
+    return [
+        *(sys.executable, "-u", "-m", "workers.simulation", "--project", SIMULATED_PROJECT),
+        *("--labels-per-round", str(options["simulate_labels"])),
+        *("--rounds", str(options["simulate_rounds"])),
+        *("--pace", str(options["simulate_pace"])),
+        *("--preset", options["round_preset"]),
+    ]
+
+
+def _check_simulation_options(options: dict[str, Any]) -> None:
+    if options["demo_steps"] == 0:
+        raise CommandError("--simulate needs the demo model; leave out --demo-steps 0.")
+    if options["simulate_labels"] < 1 or options["simulate_rounds"] < 1:
+        raise CommandError("--simulate-labels and --simulate-rounds must be at least 1.")
+    if options["simulate_pace"] < 0:
+        raise CommandError("--simulate-pace must not be negative.")
+
+
+def _simulation_ended(process: subprocess.Popen[bytes], logs: Path) -> str:
+    log = logs / f"{SIMULATION}.log"
+    if process.returncode == 0:
+        return f"The simulated annotators are done; what they did is in {log}."
+    return _died(SIMULATION, process, logs) + "\nThe application keeps running."
+
+
+def _start_processes(
+    commands: dict[str, list[str]], logs: Path
+) -> dict[str, subprocess.Popen[bytes]]:
     processes = {}
     for name, command in commands.items():
         log = (logs / f"{name}.log").open("ab")
