@@ -48,8 +48,9 @@ from workers.stage_channel import (
 )
 
 
-def settings_for(cls: type[Any], section: Mapping[str, Any], **extra: Any) -> Any:
-    """`cls(**section, **extra)`, refusing unknown names with the known ones listed."""
+def settings_for(cls: type[Any], section: Mapping[str, Any], channel: Channel, **extra: Any) -> Any:
+    """`cls(**section, **extra)`, refusing unknown names with the known ones listed. The
+    resolved settings (every field, defaults included) go to the round's stored config."""
     known = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(section) - known)
     if unknown:
@@ -58,9 +59,12 @@ def settings_for(cls: type[Any], section: Mapping[str, Any], **extra: Any) -> An
             f"known: {', '.join(sorted(known))}"
         )
     try:
-        return cls(**{**section, **extra})
+        settings = cls(**{**section, **extra})
     except (TypeError, ValueError) as error:
         raise StageError(f"{cls.__name__}: {error}") from error
+    resolved = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+    channel.send("config", dataclass=cls.__name__, values=resolved)
+    return settings
 
 
 def read_labels(spec: Mapping[str, Any], split: str) -> list[Any]:
@@ -97,7 +101,7 @@ def run_sft(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     from rlhf_core.records import Demonstration
     from rlhf_core.sft import SFTConfig, demonstrations_from, train_sft
 
-    config = settings_for(SFTConfig, spec["config"])
+    config = settings_for(SFTConfig, spec["config"], channel)
     # The snapshot's demonstrations only (rewrites, top-rated answers): its pairs teach the
     # reward model, not imitation.
     demonstrations = demonstrations_from(
@@ -130,7 +134,7 @@ def run_reward(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[st
     from rlhf_core.reward_io import save_reward_model
     from rlhf_core.reward_training import RewardTrainingConfig, train_reward_model
 
-    config = settings_for(RewardTrainingConfig, spec["config"])
+    config = settings_for(RewardTrainingConfig, spec["config"], channel)
     labels = [r for r in read_labels(spec, "train") if not isinstance(r, Demonstration)]
     if not labels:
         raise StageError("the label snapshot holds no pairwise, Likert or ranking labels")
@@ -167,7 +171,7 @@ def run_ppo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     from rlhf_core.reward_io import load_reward_model
     from rlhf_core.rollout import reward_model_scorer
 
-    config = settings_for(PPOConfig, spec["config"])
+    config = settings_for(PPOConfig, spec["config"], channel)
     prompts = [row["prompt"] for row in read_prompts(spec["inputs"]["prompts"])]
     where = device()
     checkpoint = load_checkpoint(Path(spec["inputs"]["policy"]), device=where)
@@ -203,7 +207,7 @@ def run_dpo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     from rlhf_core.dpo import DPOConfig, pairs_from, train_dpo, usable_pairs
     from rlhf_core.finetuning import save_policy
 
-    config = settings_for(DPOConfig, spec["config"])
+    config = settings_for(DPOConfig, spec["config"], channel)
     pairs = pairs_from(read_labels(spec, "train"))
     if not usable_pairs(pairs)[0]:
         raise StageError("the label snapshot holds no strict preference pairs for DPO")
@@ -337,7 +341,7 @@ def run_pretrain(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[
 
     section = dict(spec["config"])
     corpus = [Path(p) for p in section.pop("corpus", [])] or demo_corpus_paths()
-    settings = settings_for(DemoSettings, section)
+    settings = settings_for(DemoSettings, section, channel)
     try:
         tokenizer = Tokenizer.load(work / "tokenizer")
     except TokenizerError:

@@ -302,6 +302,9 @@ class RoundRun:
                     steps = int(event["steps"])
                 elif kind == "log":
                     rounds.log(self.round_id, f"{stage}: {event['message']}")
+                elif kind == "config":
+                    resolved = {"dataclass": event["dataclass"], **event["values"]}
+                    rounds.record_resolved_config(self.round_id, self.worker, stage, resolved)
                 elif kind == "error":
                     error = str(event["message"])
             if code is not None:

@@ -79,6 +79,11 @@ def test_a_full_dpo_round_registers_one_version_and_queues_its_samples_against_t
     training_round.refresh_from_db()
     assert training_round.stages_done == presets.plan(RoundKind.FULL, presets.DPO)
     assert training_round.labels_count == 12 and len(training_round.labels_sha256) == 64
+    # Each trained stage's settings as rlhf_core's dataclass resolved them, defaults included.
+    resolved = training_round.config["resolved"]
+    assert resolved["dpo"]["dataclass"] == "DPOConfig" and "beta" in resolved["dpo"]
+    assert resolved["reward"]["dataclass"] == "RewardTrainingConfig"
+    assert resolved["reward"]["max_steps"] == training_round.config["reward"]["max_steps"]
     assert training_round.summary["sft"] == {"skipped": "no demonstrations"}
     version = training_round.result_version
     assert version is not None and version.parent == base_version

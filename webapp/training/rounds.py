@@ -102,6 +102,21 @@ def finish_stage(round_id: int, worker: str, stage: str) -> bool:
     return True
 
 
+def record_resolved_config(
+    round_id: int, worker: str, stage: str, values: Mapping[str, Any]
+) -> bool:
+    """Keep a stage's settings as the worker resolved them (every field of the rlhf_core
+    dataclass, defaults included) under config["resolved"][stage]."""
+    with transaction.atomic():
+        row = _mine(round_id, worker).select_for_update(of=("self",)).first()
+        if row is None:
+            return False
+        resolved = {**row.config.get("resolved", {}), stage: dict(values)}
+        row.config = {**row.config, "resolved": resolved}
+        row.save(update_fields=["config"])
+    return True
+
+
 def succeed(round_id: int, worker: str, summary: Mapping[str, Any]) -> bool:
     done = _mine(round_id, worker).update(
         state=RoundState.SUCCEEDED,
