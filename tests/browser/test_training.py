@@ -216,20 +216,24 @@ def trained(project: Project, make_user: MakeUser) -> Project:
         "support-answers-r1",
         parent=base,
         metrics={
-            "reward_accuracy": 0.71,
-            "kl": 0.032,
-            "mean_reward": 0.41,
-            "win_rate_vs_parent": 0.64,
+            "held_out": {"pairwise_accuracy": 0.71},
+            "kl": 3.2,
+            "reward": 0.41,
+            "win_rate": 0.64,
+            "win_rate_low": 0.52,
+            "win_rate_high": 0.75,
         },
     )
     r2 = factories.version(
         "support-answers-r2",
         parent=r1,
         metrics={
-            "reward_accuracy": 0.76,
-            "kl": 0.047,
-            "mean_reward": 0.83,
-            "win_rate_vs_parent": 0.61,
+            "held_out": {"pairwise_accuracy": 0.76},
+            "kl": 4.7,
+            "reward": 0.83,
+            "win_rate": 0.61,
+            "win_rate_low": 0.5,
+            "win_rate_high": 0.71,
         },
     )
     for number, (version, parent) in enumerate(((r1, base), (r2, r1))):
@@ -278,7 +282,7 @@ def test_an_admin_promotes_compares_and_ranks_versions(
     newest.get_by_role("link", name="Compare with parent").click()
     expect(page.locator("#head-to-head")).to_contain_text("69%")  # 15 wins and 3 ties in 24
     expect(page.locator("#gallery .sample")).to_have_count(GALLERY_SIZE)
-    expect(page.locator("#figures")).to_contain_text("win_rate_vs_parent")
+    expect(page.locator("#figures")).to_contain_text("win_rate_low")
     expect(page.locator("#gallery")).to_contain_text("ship a replacement within two days")
     page.screenshot(path=SCREENSHOTS / "training-compare.png", full_page=True)
 

@@ -21,6 +21,11 @@ FRAME |= {"bottom": BOTTOM, "label_x": LEFT - 5, "step_y": BOTTOM + 16, "high_y"
 MAX_POINTS = 240
 # Metrics people look for first, in this order; others follow by name.
 FIRST_KEYS = ("loss", "reward", "score", "kl", "accuracy")
+# The curves a round's page shows at once (loss, reward, KL, accuracy, win rate); the rest
+# (learning rate, gradient norm, timings, ...) behind a link.
+PRIMARY_KEYS = frozenset({"loss", "val_loss", "score", "reward", "kl", "win_rate"})
+# Counters, not curves.
+SKIPPED_KEYS = frozenset({"step", "epoch"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,10 @@ class Chart:
     high: str
     latest: str
     count: int  # logged steps (before thinning)
+
+    @property
+    def primary(self) -> bool:
+        return self.key in PRIMARY_KEYS or self.key.endswith("accuracy")
 
     @property
     def title(self) -> str:
@@ -58,6 +67,8 @@ def metric_charts(
     for stage, step, values in rows:
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if key in SKIPPED_KEYS:
                 continue
             if math.isfinite(value):
                 series[stage, key].append((step, float(value)))

@@ -62,6 +62,27 @@ def version_figures(version: ModelVersion, produced_by: TrainingRound | None) ->
     return shown
 
 
+# The figures a leaderboard row shows beside the human rating (label, key in the flattened
+# metrics); the versions page lists them all.
+KEY_FIGURES = (
+    ("reward-model win rate vs parent", "win_rate"),
+    ("reward-model accuracy (held out)", "held_out.pairwise_accuracy"),
+    ("KL to parent", "kl"),
+    ("mean reward", "reward"),
+    ("validation loss", "pretrain.val_loss"),
+)
+
+
+def key_figures(version: ModelVersion) -> dict[str, str]:
+    """The few figures worth reading at a glance; the win rate with its 95% interval."""
+    flat = figures(version.metrics)
+    shown = {label: flat[key] for label, key in KEY_FIGURES if key in flat}
+    label = KEY_FIGURES[0][0]
+    if label in shown and "win_rate_low" in flat and "win_rate_high" in flat:
+        shown[label] += f" ({flat['win_rate_low']} to {flat['win_rate_high']})"
+    return shown
+
+
 @dataclass(frozen=True)
 class GalleryRow:
     prompt: Prompt

@@ -104,11 +104,15 @@ def _round_context(request: HttpRequest, training_round: TrainingRound) -> dict[
     planned = training_round.config.get("stages", []) or [training_round.kind]
     metrics = training_round.metrics.values_list("stage", "step", "values")
     logs = list(training_round.logs.order_by("-at", "-id")[:LOG_TAIL])[::-1]
+    charts = metric_charts(metrics, planned)
+    all_metrics = request.GET.get("metrics") == "all"
     return {
         "round": training_round,
         "position": queue_positions().get(training_round.pk),
         "stages": [(stage, stage in training_round.stages_done) for stage in planned],
-        "charts": metric_charts(metrics, planned),
+        "charts": [chart for chart in charts if chart.primary or all_metrics],
+        "hidden_charts": 0 if all_metrics else len([c for c in charts if not c.primary]),
+        "all_metrics": all_metrics,
         "frame": FRAME,
         "logs": logs,
         "config_json": json.dumps(training_round.config, indent=2, sort_keys=True),
@@ -233,7 +237,6 @@ def leaderboard_page(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project.objects.select_related("serving_version"), slug=slug)
     versions = {v.pk: v for v in registry_pages.project_versions(project)}
     votes = leaderboard.project_votes(project)
-    produced = registry_pages.producing_rounds(list(versions.values()))
     ranked = leaderboard.standings(list(versions), votes)
     bars = leaderboard.interval_bars(ranked)
     rows = [
@@ -241,7 +244,7 @@ def leaderboard_page(request: HtmxHttpRequest, slug: str) -> HttpResponse:
             versions[row.version_id],
             row,
             bars.get(row.version_id),
-            registry_pages.version_figures(versions[row.version_id], produced.get(row.version_id)),
+            registry_pages.key_figures(versions[row.version_id]),
         )
         for row in ranked
     ]

@@ -73,3 +73,19 @@ def test_numbers_are_short() -> None:
         "1.23e-05",
         "3.00e+07",
     ]
+
+
+def test_the_main_curves_are_primary_and_counters_are_not_charted() -> None:
+    rows = [
+        ("reward", 1, {"loss": 1.0, "val_pairwise_accuracy": 0.6, "lr": 1e-3, "step": 1}),
+        ("ppo", 1, {"kl": 0.1, "score": 0.2, "grad_norm": 2.0, "epoch": 0}),
+    ]
+    charts = {chart.title: chart.primary for chart in metric_charts(rows)}
+    assert charts == {
+        "loss (reward)": True,
+        "val_pairwise_accuracy (reward)": True,
+        "lr (reward)": False,
+        "score (ppo)": True,
+        "kl (ppo)": True,
+        "grad_norm (ppo)": False,
+    }

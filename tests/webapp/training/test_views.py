@@ -25,6 +25,16 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 Sent = list[tuple[str, list[int]]]
 
 
+# What a round's evaluate stage records on the version it registers (workers/round_stages.py).
+EVALUATION = {
+    "held_out": {"pairwise_accuracy": 0.71},
+    "win_rate": 0.8,
+    "win_rate_low": 0.6,
+    "win_rate_high": 0.9,
+    "kl": 0.5,
+}
+
+
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
     calls: Sent = []
@@ -39,7 +49,7 @@ def project(make_project: MakeProject, annotator: User) -> Project:  # noqa: F81
     """Base (serving) and r1 (its child, from a round), with voted pairs and shared prompts."""
     project = make_project(TaskType.PAIRWISE, name="Support answers", slug="support")
     base = factories.version("tiny-base", metrics={"pretrain": {"val_loss": 4.25}})
-    child = factories.version("support-r1", parent=base, metrics={"reward_accuracy": 0.71})
+    child = factories.version("support-r1", parent=base, metrics=EVALUATION)
     project.serving_version = base
     project.save()
     factories.training_round(
@@ -263,6 +273,19 @@ def test_a_running_round_s_fragment_polls_with_progress_charts_and_logs(
     assert fragment.index("first line") < fragment.index("last line")  # newest last
 
 
+def test_the_round_page_shows_the_main_curves_and_the_rest_on_request(
+    running: TrainingRound, researcher: User
+) -> None:
+    rounds.record_metrics(running.pk, "reward", 4, {"loss": 0.5, "accuracy": 0.6, "lr": 1e-3})
+    url = reverse("training:round", args=[running.pk])
+    main = client_for(researcher).get(url, **HTMX).content.decode()
+    assert 'data-metric="reward:loss"' in main and 'data-metric="reward:lr"' not in main
+    assert 'href="?metrics=all"' in main and "1 more" in main
+    every = client_for(researcher).get(url + "?metrics=all", **HTMX).content.decode()
+    assert 'data-metric="reward:lr"' in every
+    assert f'hx-get="{url}?metrics=all"' in every  # polling keeps showing them all
+
+
 def test_a_finished_round_s_fragment_stops_polling(project: Project, admin_user: User) -> None:
     child = ModelVersion.objects.get(name="support-r1")
     done = TrainingRound.objects.get(result_version=child)
@@ -331,7 +354,7 @@ def test_the_versions_page_lists_lineage_round_labels_and_figures(
     child_row = html.split('data-version="support-r1"')[1].split("</tr>")[0]
     assert "tiny-base" in child_row and "round " in child_row and "#config" in child_row
     assert "42" in child_row and "abababab" in child_row
-    assert "reward_accuracy" in child_row and "0.71" in child_row
+    assert "held_out.pairwise_accuracy" in child_row and "0.71" in child_row
     assert "round.evaluate.kl" in child_row and "0.031" in child_row
     base_row = html.split('data-version="tiny-base"')[1].split("</tr>")[0]
     assert "serving" in base_row and "pretrain.val_loss" in base_row
@@ -369,7 +392,7 @@ def test_compare_shows_the_same_prompts_figures_and_the_head_to_head(
     assert html.count('class="sample"') == GALLERY_SIZE  # the newest of the 10 shared prompts
     assert "support-r1 answers Prompt 9" in html and "tiny-base answers Prompt 9" in html
     assert "answers Prompt 3 " not in html
-    assert "reward_accuracy" in html and "round.evaluate.kl" in html
+    assert "held_out.pairwise_accuracy" in html and "round.evaluate.kl" in html
 
 
 def test_compare_defaults_to_the_serving_version_and_its_parent(
@@ -401,7 +424,9 @@ def test_the_leaderboard_ranks_versions_by_human_votes(project: Project, researc
     unvoted = html.split('data-version="support-r2"')[1].split("</tr>")[0]
     assert "no votes yet" in unvoted
     top = html.split('data-version="support-r1"')[1].split("</tr>")[0]
-    assert "70%" in top and ">10<" in top and "reward_accuracy" in top
+    assert "70%" in top and ">10<" in top
+    assert "reward-model win rate vs parent" in top and "0.8 (0.6 to 0.9)" in top
+    assert "round.evaluate" not in top  # the main figures only; all of them on the versions page
     assert "10 human votes" in html
 
 
