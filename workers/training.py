@@ -308,6 +308,10 @@ class RoundRun:
                 elif kind == "error":
                     error = str(event["message"])
             if code is not None:
+                if stop_sent and code == -signal.SIGTERM:
+                    # Stopped before it could catch the signal (still starting): nothing new to
+                    # save, so a resume continues from the state saved before.
+                    return STOPPED, error
                 return code, error
             message = f"{stage}: step {step} of {steps}" if steps else f"{stage}…"
             try:

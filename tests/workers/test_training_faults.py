@@ -104,7 +104,11 @@ def test_a_round_survives_a_killed_worker_and_a_cancel_continuing_each_time_from
     resumed_at = timezone.now()
     rounds.resume(training_round.pk)
     workers.start(broker)
-    wait_for(lambda: ppo.filter(at__gte=resumed_at).count() >= 2, what="PPO again", log=workers.log)
+    wait_for(
+        lambda: logged(training_round, "ppo: PPO continues from its saved state"),
+        what="PPO again",
+        log=workers.log,
+    )
     assert rounds.cancel(training_round.pk) == RoundState.RUNNING
     wait_for(finished(training_round), what="the cancel", log=workers.log)
     assert training_round.state == RoundState.CANCELLED, training_round.error
