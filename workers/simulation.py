@@ -1,6 +1,6 @@
 """Simulated annotators that drive the demo's loop: label, train, label the new model's samples.
 
-    python -m workers.simulation [--labels-per-round 60] [--rounds 1] [--pace 0.5] ...
+    python -m workers.simulation [--labels-per-round 180] [--rounds 1] [--pace 0.25] ...
 
 The embedded command starts this process with `bin/run --simulate`. A panel of annotators
 whose hidden taste is known (rlhf_core.simulation: by default they prefer texts with more of
@@ -56,9 +56,11 @@ TRAINING_KINDS = (RoundKind.FULL, RoundKind.REWARD, RoundKind.PPO, RoundKind.DPO
 class SimulationSettings:
     project: str = demo.SIMULATED_PROJECT
     annotators: int = 3
-    labels_per_round: int = 60  # new labels in the project before a round starts
+    # New labels in the project before a round starts: with the demo preset, every blind pair of
+    # the base model's samples (60 pairs, 3 answers each); fewer leave the reward model guessing.
+    labels_per_round: int = 180
     rounds: int = 1
-    pace: float = 0.5  # seconds between two answers
+    pace: float = 0.25  # seconds between two answers
     preset: str = "demo"
     algorithm: str = PPO
     letters: str = "e"  # the hidden preference: a higher share of these letters is better

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         simulate.add_argument(
             "--simulate-labels",
             type=int,
-            default=60,
+            default=180,
             metavar="N",
             help="labels before each round starts (%(default)s)",
         )
@@ -75,7 +75,7 @@ class Command(BaseCommand):
         simulate.add_argument(
             "--simulate-pace",
             type=float,
-            default=0.5,
+            default=0.25,
             metavar="SECONDS",
             help="between two answers (%(default)s)",
         )
