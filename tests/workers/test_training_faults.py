@@ -76,7 +76,8 @@ def test_a_round_survives_a_killed_worker_and_a_cancel_continuing_each_time_from
 ) -> None:
     settings.TRAINING_HEARTBEAT_TIMEOUT_SECONDS = 5
     first = workers.start(broker)
-    training_round = make_round(project, RoundKind.FULL, ppo={"steps": 30})
+    steps = 60  # enough that a cancel usually lands while PPO still runs (see below)
+    training_round = make_round(project, RoundKind.FULL, ppo={"steps": steps})
     rounds.send(training_round.pk)
     run_dir = model_store / f"rounds/{training_round.pk}"
     state = run_dir / "stages/ppo.partial/state.pt"
@@ -112,7 +113,11 @@ def test_a_round_survives_a_killed_worker_and_a_cancel_continuing_each_time_from
     assert rounds.cancel(training_round.pk) == RoundState.RUNNING
     wait_for(finished(training_round), what="the cancel", log=workers.log)
     assert training_round.state == RoundState.CANCELLED, training_round.error
-    assert state.exists()
+    # Usually PPO stops after its current step and keeps its state for the resume; on an idle
+    # machine its last steps can finish before the cancel arrives (a step takes tens of ms),
+    # and then its output is complete and the resume goes on from the next stage.
+    stopped_in_ppo = state.exists()
+    assert stopped_in_ppo or (run_dir / "stages/ppo/result.json").exists()
     assert logged(training_round, "ppo: PPO continues from its saved state")
     assert ppo.filter(at__lt=resumed_at).count() >= 3  # the first attempt's steps were kept
 
@@ -124,8 +129,8 @@ def test_a_round_survives_a_killed_worker_and_a_cancel_continuing_each_time_from
     assert (run_dir / "stages/reward/result.json").stat().st_mtime_ns == reward_done
     assert ExportSnapshot.objects.filter(project=project).count() == 1
     continued = RoundLog.objects.filter(round=training_round, message__contains="PPO continues")
-    assert continued.count() == 2
-    assert sorted(ppo.values_list("step", flat=True)) == list(range(1, 31))
+    assert continued.count() == (2 if stopped_in_ppo else 1)
+    assert sorted(ppo.values_list("step", flat=True)) == list(range(1, steps + 1))
     assert {"score", "kl", "policy_loss"} <= set(ppo.get(step=1).values)
     assert not state.exists()
     version = ModelVersion.objects.get(produced_by=training_round)
