@@ -80,10 +80,14 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """Nucleus sampling (Holtzman et al. 2020): the smallest set whose probability reaches p.
 
     A token is kept when the probability of the strictly more likely tokens is still below p,
-    so the most likely token always survives.
+    so the most likely token always survives. p >= 1 keeps every token. The running sum is in
+    float64: in float32, summing tens of thousands of probabilities reaches 1.0 while the tail
+    still has mass, and would drop those tokens for p near 1.
     """
+    if p >= 1:
+        return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    sorted_probs = sorted_logits.softmax(dim=-1)
+    sorted_probs = sorted_logits.double().softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     drop_sorted = mass_before >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)

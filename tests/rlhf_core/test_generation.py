@@ -51,6 +51,28 @@ def test_top_p_keeps_the_smallest_set_whose_probability_reaches_p() -> None:
     assert kept(top_p_filter(logits, 0.01)) == [1]  # the top token always survives
 
 
+def large_vocabulary_logits() -> torch.Tensor:
+    # Spread out like a trained model's logits: in float32 the running sum of the 50,000 sorted
+    # probabilities reaches 1.0 while thousands of tail tokens still have probability left.
+    generator = torch.Generator().manual_seed(0)
+    return 3 * torch.randn(2, 50_000, generator=generator)
+
+
+def test_top_p_of_one_keeps_every_token_of_a_large_vocabulary() -> None:
+    dropped = torch.isinf(top_p_filter(large_vocabulary_logits(), 1.0)).sum().item()
+    assert dropped == 0
+
+
+def test_top_p_near_one_keeps_the_smallest_set_that_reaches_p_in_a_large_vocabulary() -> None:
+    logits, p = large_vocabulary_logits(), 0.99999
+    probs = logits.double().softmax(dim=-1)
+    kept_probs = torch.where(torch.isfinite(top_p_filter(logits, p)), probs, 0.0)
+    kept_mass = kept_probs.sum(dim=-1)
+    least_kept = torch.where(kept_probs > 0, kept_probs, 1.0).amin(dim=-1)
+    assert (kept_mass >= p).all()  # the set reaches p ...
+    assert (kept_mass - least_kept < p).all()  # ... and is the smallest that does
+
+
 def test_min_p_drops_tokens_below_a_fraction_of_the_top_probability() -> None:
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     assert kept(min_p_filter(logits, 0.3)) == [0, 1, 2]  # threshold 0.15
