@@ -332,25 +332,28 @@ class FixedKLController:
     def __init__(self, kl_coef: float) -> None:
         self.value = kl_coef
 
-    def update(self, current_kl: float, n_steps: int) -> None:
+    def update(self, current_kl: float) -> None:
         """Keeps β: the interface of `AdaptiveKLController`."""
 
 
 class AdaptiveKLController:
-    """Proportional control of β towards a target KL (Ziegler et al. 2019, §2.2).
+    """Proportional control of β towards a target KL (Ziegler et al. 2019, §2.2), per iteration.
 
-    e = clip(KL / KL_target - 1, -0.2, 0.2) and β ← β (1 + e · n_steps / horizon): the gain
-    K_β of the paper is n_steps / horizon, so the speed of adaptation does not depend on the
-    batch size (as in TRL's `AdaptiveKLController`).
+    After each PPO iteration, with KL the policy's KL to the reference on its rollout,
+        e = clip(KL / KL_target - 1, -0.2, 0.2),   β ← β (1 + K_β e),
+    so β grows while the policy drifts further than the target and shrinks while it stays
+    closer. K_β = 0.1 in the paper: β moves by at most 2% per iteration.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
-        if init_kl_coef <= 0 or target <= 0 or horizon <= 0:
-            raise ValueError("init_kl_coef, target and horizon must all be positive")
+    def __init__(self, init_kl_coef: float, target: float, gain: float) -> None:
+        if init_kl_coef <= 0 or target <= 0:
+            raise ValueError("init_kl_coef and target must be positive")
+        if not 0 < gain <= 1:
+            raise ValueError(f"gain must be in (0, 1], got {gain}")
         self.value = init_kl_coef
         self.target = target
-        self.horizon = horizon
+        self.gain = gain
 
-    def update(self, current_kl: float, n_steps: int) -> None:
+    def update(self, current_kl: float) -> None:
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + error * n_steps / self.horizon
+        self.value *= 1 + self.gain * error

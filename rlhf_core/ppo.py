@@ -74,7 +74,9 @@ class PPOConfig:
     init_kl_coef: float = 0.05  # β of the KL penalty in the reward
     adaptive_kl: bool = True  # Ziegler et al.'s proportional controller; False: fixed β
     kl_target: float = 6.0  # nats per response, for the adaptive controller
-    kl_horizon: int = 10000
+    # K_β of the adaptive controller: β ← β (1 + K_β clip(KL / kl_target - 1, ±0.2)) after each
+    # iteration (Ziegler et al. 2019's value).
+    kl_gain: float = 0.1
     whiten_advantages: bool = True
     # Huang et al. 2024: a response that never ends (no EOS within max_new_tokens) gets this
     # score instead of the reward model's, which never saw an unfinished text. In the scorer's
@@ -116,6 +118,9 @@ class PPOConfig:
             )
             > 0,
             "gamma and lam must be in [0, 1]": 0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
+            "kl_target must be > 0 and kl_gain in (0, 1]": (
+                self.kl_target > 0 and 0 < self.kl_gain <= 1
+            ),
             "grad_clip and target_kl must be > 0 (or None)": all(
                 value is None or value > 0 for value in (self.grad_clip, self.target_kl)
             ),

@@ -46,7 +46,7 @@ class PPOResult:
 
 def kl_controller(config: PPOConfig) -> KLController:
     if config.adaptive_kl:
-        return AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
+        return AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_gain)
     return FixedKLController(config.init_kl_coef)
 
 
@@ -133,7 +133,7 @@ def ppo_step(
     update = ppo_update(policy, optimizer, rollout, config, state.shuffle)
     learning = time.perf_counter() - started
     before = rollout_metrics(rollout)
-    state.kl.update(before["kl"], len(prompts))
+    state.kl.update(before["kl"])
     state.step += 1
     return {
         "step": state.step,

@@ -336,21 +336,43 @@ def test_conservative_dpo_mixes_in_the_flipped_label() -> None:
 # KL controllers.
 
 
-def test_adaptive_kl_controller_moves_beta_towards_the_target_by_a_clipped_step() -> None:
-    controller = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
-    # KL 9: error 9/6 - 1 = 0.5, clipped to 0.2; beta *= 1 + 0.2 * 256 / 10000 = 1.00512.
-    controller.update(current_kl=9.0, n_steps=256)
-    assert controller.value == pytest.approx(0.100512)
-    # KL 5: error -1/6; beta *= 1 - (1/6) * 100 / 10000.
-    controller.update(current_kl=5.0, n_steps=100)
-    assert controller.value == pytest.approx(0.100512 * (1 - 1 / 600))
+def test_adaptive_kl_controller_grows_beta_by_the_paper_gain_each_iteration_above_target() -> None:
+    # Ziegler et al. 2019: KL twice the target gives e = 1, clipped to 0.2, and K_beta = 0.1
+    # multiplies beta by 1.02 per PPO iteration.
+    controller = AdaptiveKLController(init_kl_coef=0.1, target=6.0, gain=0.1)
+    for _ in range(10):
+        controller.update(current_kl=12.0)
+    assert controller.value == pytest.approx(0.1 * (1 + 0.1 * 0.2) ** 10, rel=1e-12)
+
+
+def test_adaptive_kl_controller_shrinks_beta_symmetrically_below_target() -> None:
+    # KL half the target: e = -0.5, clipped to -0.2.
+    controller = AdaptiveKLController(init_kl_coef=0.1, target=6.0, gain=0.1)
+    for _ in range(10):
+        controller.update(current_kl=3.0)
+    assert controller.value == pytest.approx(0.1 * (1 - 0.1 * 0.2) ** 10, rel=1e-12)
+
+
+def test_adaptive_kl_controller_keeps_beta_at_target_and_steps_in_proportion_near_it() -> None:
+    controller = AdaptiveKLController(init_kl_coef=0.1, target=6.0, gain=0.1)
+    for _ in range(10):
+        controller.update(current_kl=6.0)
+    assert controller.value == 0.1
+    controller.update(current_kl=6.6)  # e = 0.1, inside the clip
+    assert controller.value == pytest.approx(0.1 * 1.01, rel=1e-12)
+
+
+@pytest.mark.parametrize("gain", [0.0, -0.1, 1.5])
+def test_adaptive_kl_controller_rejects_a_gain_outside_zero_to_one(gain: float) -> None:
+    with pytest.raises(ValueError, match="gain"):
+        AdaptiveKLController(init_kl_coef=0.1, target=6.0, gain=gain)
     with pytest.raises(ValueError, match="positive"):
-        AdaptiveKLController(init_kl_coef=0.1, target=0.0, horizon=10)
+        AdaptiveKLController(init_kl_coef=0.1, target=0.0, gain=0.1)
 
 
 def test_fixed_kl_controller_never_moves() -> None:
     controller = FixedKLController(0.05)
-    controller.update(current_kl=100.0, n_steps=1000)
+    controller.update(current_kl=100.0)
     assert controller.value == 0.05
 
 

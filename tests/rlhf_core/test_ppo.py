@@ -326,6 +326,12 @@ def test_the_config_rejects_inconsistent_batch_sizes() -> None:
         PPOConfig(rollout_batch_size=6, minibatch_size=4)
 
 
+@pytest.mark.parametrize("kl_gain", [0.0, 1.5])
+def test_the_config_rejects_a_kl_gain_outside_zero_to_one(kl_gain: float) -> None:
+    with pytest.raises(PPOError, match=r"kl_gain in \(0, 1\]"):
+        PPOConfig(kl_gain=kl_gain)
+
+
 def test_the_config_rejects_an_unknown_mixed_precision() -> None:
     with pytest.raises(PPOError, match="mixed_precision must be one of auto, bf16, no"):
         PPOConfig(mixed_precision="fp16")  # type: ignore[arg-type]
@@ -443,6 +449,15 @@ def test_train_ppo_reports_every_metric_and_a_callback_can_stop_it() -> None:
         "learning_seconds",
     }
     assert expected <= result.metrics.keys()
+
+
+def test_the_kl_coefficient_falls_two_percent_per_iteration_while_far_below_its_target() -> None:
+    # The KL of a few steps is far below a target of 1e6 nats: e clips to -0.2 every
+    # iteration, and the default gain of 0.1 takes 2% off beta each time, whatever the batch.
+    config = dataclasses.replace(CONFIG, steps=4, init_kl_coef=0.1, kl_target=1e6)
+    result = train_ppo(tiny_policy(), constant_scorer(0.0), TOKENIZER, PROMPTS, config)
+    coefficients = [metrics["kl_coef"] for metrics in result.history]
+    assert coefficients == pytest.approx([0.1 * 0.98**step for step in range(4)], rel=1e-9)
 
 
 def test_a_run_stopped_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one(
