@@ -104,25 +104,48 @@ def ranking_loss(rewards: Tensor, order: Tensor, *, weights: Tensor | None = Non
     return _weighted_mean(pair_losses.mean(dim=-1), weights)
 
 
-def ordinal_likert_loss(
-    logits: Tensor, labels: Tensor, mask: Tensor, weights: Tensor | None = None
-) -> Tensor:
-    """Cross-entropy over score bins per attribute (HelpSteer-style), masked mean -> ().
+def ordinal_likert_losses(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Ordinal loss over score bins per rating (HelpSteer-style): (b a c), (b a), (b a) -> (b).
 
-    logits (b a c), labels (b a) as bin indices (score - scale minimum), mask (b a) False where
-    an attribute was not rated, optional per-rating weights (b). Cross-entropy rather than
-    regression keeps the whole distribution over levels, from which `expected_score` gives a
-    deterministic reward.
+    logits over the c bins of each attribute, labels as bin indices (score - scale minimum),
+    mask False where an attribute was not rated. For a rated attribute with p = softmax(logits),
+    label y and cumulative distributions P_k = Σ_{j≤k} p_j and Y_k = [k ≥ y],
+        loss = -log p_y + Σ_{k=0}^{c-2} (P_k - Y_k)²,
+    cross-entropy plus the squared earth mover's distance between the two distributions on the
+    ordered bins (Hou et al. 2016, "Squared Earth Mover's Distance-based loss for training deep
+    neural networks"; (c - 1) times the ranked probability score). Cross-entropy alone sees
+    only the probability of the true bin, so predicting 1 for a true 4 costs what predicting 5
+    does; the EMD term grows with how far the mass lies from the label. (The last cumulative
+    term, P = Y = 1, is always 0.) Each rating's loss is the mean over its rated attributes,
+    0 for a rating with none.
     """
     mask = mask.bool()
     logits = _zero_outside(logits, mask.unsqueeze(-1))
     labels = _zero_outside(labels, mask)
-    per_label = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-    per_label = per_label.view_as(labels).to(logits.dtype)
-    if weights is None:
-        return masked_mean(per_label, mask)
-    weighted_mask = mask * weights.to(logits.dtype).unsqueeze(-1)
-    return (per_label * weighted_mask).sum() / weighted_mask.sum().clamp(min=1e-12)
+    logprobs = logits.log_softmax(dim=-1)
+    cross_entropy = -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    bins = torch.arange(logits.shape[-1], device=logits.device)
+    predicted_cdf = logprobs.exp().cumsum(dim=-1)[..., :-1]
+    label_cdf = (bins >= labels.unsqueeze(-1)).to(logprobs.dtype)[..., :-1]
+    emd_squared = (predicted_cdf - label_cdf).square().sum(dim=-1)
+    per_label = _zero_outside(cross_entropy + emd_squared, mask)
+    return masked_mean(per_label, mask, dim=-1)
+
+
+def ordinal_likert_loss(
+    logits: Tensor, labels: Tensor, mask: Tensor, weights: Tensor | None = None
+) -> Tensor:
+    """`ordinal_likert_losses` averaged over the ratings with a rated attribute -> ().
+
+    Optional per-rating `weights` (b) give a weighted mean; a rating with no rated attribute
+    counts for nothing, whatever its weight. The whole distribution over levels is kept, from
+    which `expected_score` gives a deterministic reward.
+    """
+    per_rating = ordinal_likert_losses(logits, labels, mask)
+    rated = mask.bool().any(dim=-1)
+    weights = rated.to(per_rating.dtype) if weights is None else weights.to(per_rating.dtype)
+    weights = _zero_outside(weights, rated)
+    return (per_rating * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def expected_score(logits: Tensor, bin_values: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from rlhf_core.losses import (
     gae,
     kl_penalty_rewards,
     ordinal_likert_loss,
+    ordinal_likert_losses,
     ppo_policy_loss,
     ranking_loss,
     sequence_logprobs,
@@ -124,18 +125,70 @@ def test_ranking_loss_falls_as_the_top_response_gains_reward() -> None:
     assert rewards.grad[0, 2] < 0 and rewards.grad[0, 1] > 0
 
 
-def test_ordinal_likert_loss_is_cross_entropy_over_rated_attributes_only() -> None:
-    # Two attributes, three bins. Attribute 0 has uniform logits: CE = log 3. Attribute 1 is
+def test_ordinal_likert_loss_is_cross_entropy_plus_squared_emd_on_a_hand_computed_example() -> None:
+    # Three bins, p = (0.2, 0.5, 0.3), label 2: cross-entropy -log 0.3; cumulative P = (0.2, 0.7)
+    # and Y = (0, 0) before the last bin, so the squared EMD is 0.04 + 0.49 = 0.53.
+    logits = torch.tensor([[[0.2, 0.5, 0.3]]]).log()
+    loss = ordinal_likert_loss(logits, torch.tensor([[2]]), torch.tensor([[True]]))
+    assert close(loss, -math.log(0.3) + 0.53)
+
+
+def test_ordinal_likert_loss_charges_a_far_miss_more_than_a_near_one() -> None:
+    # Five bins, true bin 3, all confidence on bin 0 or on bin 4: the same cross-entropy, but
+    # the mass of the first is three bins from the label and that of the second one bin.
+    label, mask = torch.tensor([[3]]), torch.tensor([[True]])
+    far = ordinal_likert_loss(torch.tensor([[[10.0, 0.0, 0.0, 0.0, 0.0]]]), label, mask)
+    near = ordinal_likert_loss(torch.tensor([[[0.0, 0.0, 0.0, 0.0, 10.0]]]), label, mask)
+    assert far > near + 1.9  # squared EMD about 3 against about 1
+
+
+def test_ordinal_likert_loss_ignores_values_outside_the_mask() -> None:
+    # Two attributes, three bins. Attribute 0 has uniform logits and label 1: cross-entropy
+    # log 3, cumulative P = (1/3, 2/3) against Y = (0, 1), squared EMD 2/9. Attribute 1 is
     # unrated: NaN logits and a nonsense label there must not matter.
     logits = torch.tensor([[[0.0, 0.0, 0.0], [NAN, NAN, NAN]]], requires_grad=True)
     labels, mask = torch.tensor([[1, -7]]), torch.tensor([[True, False]])
     loss = ordinal_likert_loss(logits, labels, mask)
-    assert close(loss, math.log(3))
+    assert close(loss, math.log(3) + 2 / 9)
     torch.autograd.backward(loss)
     assert logits.grad is not None
     assert torch.equal(logits.grad[0, 1], torch.zeros(3))
-    # Descent raises the labelled bin: d CE / d logit = softmax - onehot = 1/3 - 1 < 0.
-    assert logits.grad[0, 0, 1] < 0
+    assert logits.grad[0, 0, 1] < 0  # descent raises the labelled bin
+
+
+def test_ordinal_likert_losses_average_each_ratings_rated_attributes() -> None:
+    # Rating 0: a uniform attribute labelled 1 (log 3 + 2/9), a certain and right one (about 0)
+    # and an unrated one. Rating 1 has nothing rated: 0, and no weight in the mean.
+    logits = torch.tensor(
+        [
+            [[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [NAN, NAN, NAN]],
+            [[NAN, 1e9, NAN], [NAN, NAN, NAN], [NAN, NAN, NAN]],
+        ],
+        requires_grad=True,
+    )
+    labels = torch.tensor([[1, 0, 99], [99, -1, 5]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    expected = (math.log(3) + 2 / 9) / 2
+    assert close(ordinal_likert_losses(logits, labels, mask), [expected, 0.0])
+    loss = ordinal_likert_loss(logits, labels, mask, torch.tensor([1.0, 1e9]))
+    assert close(loss, expected)
+    torch.autograd.backward(loss)
+    assert logits.grad is not None
+    assert torch.equal(logits.grad[1], torch.zeros(3, 3))
+
+
+def test_ordinal_likert_loss_weights_ratings() -> None:
+    # Row 0 puts all mass on its label (loss ~0); row 1 is uniform over 3 bins with label 2:
+    # log 3 + (1/3)² + (2/3)² = log 3 + 5/9.
+    logits = torch.tensor([[[100.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[0], [2]])
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    uniform = math.log(3) + 5 / 9
+    assert close(ordinal_likert_loss(logits, labels, mask), uniform / 2)
+    weighted = ordinal_likert_loss(logits, labels, mask, torch.tensor([3.0, 1.0]))
+    assert close(weighted, uniform / 4)
+    only_first = ordinal_likert_loss(logits, labels, mask, torch.tensor([1.0, 0.0]))
+    assert only_first < 1e-6
 
 
 def test_expected_score_is_the_softmax_weighted_mean_of_bin_values() -> None:
@@ -383,16 +436,3 @@ def test_dpo_loss_weights_pairs() -> None:
     loss, _, _ = dpo_loss(chosen, zeros, zeros, zeros, beta=0.1, weights=torch.tensor([3.0, 1.0]))
     expected = (3 * F.softplus(torch.tensor(-0.1)) + F.softplus(torch.tensor(0.1))) / 4
     assert torch.isclose(loss, expected)
-
-
-def test_ordinal_likert_loss_weights_ratings() -> None:
-    # Row 0 puts all mass on its label (loss ~0); row 1 is uniform over 3 bins (loss log 3).
-    logits = torch.tensor([[[100.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]]])
-    labels = torch.tensor([[0], [2]])
-    mask = torch.ones(2, 1, dtype=torch.bool)
-    unweighted = ordinal_likert_loss(logits, labels, mask)
-    assert torch.isclose(unweighted, torch.tensor(math.log(3) / 2))
-    weighted = ordinal_likert_loss(logits, labels, mask, torch.tensor([3.0, 1.0]))
-    assert torch.isclose(weighted, torch.tensor(math.log(3) / 4))
-    only_first = ordinal_likert_loss(logits, labels, mask, torch.tensor([1.0, 0.0]))
-    assert only_first < 1e-6
