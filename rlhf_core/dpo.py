@@ -49,7 +49,7 @@ from rlhf_core.lora import adapters_disabled
 from rlhf_core.losses import dpo_loss
 from rlhf_core.palm import PaLM
 from rlhf_core.records import PairwisePreference, Ranking, Record, Rewrite, read_records
-from rlhf_core.sequences import EncodedResponse, collate, encode_responses, response_logprobs
+from rlhf_core.sequences import EncodedResponse, collate, encode_groups, response_logprobs
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import TrainingCallback
 
@@ -121,12 +121,15 @@ def encode_pairs_for_dpo(
     weights: Tensor,
     max_length: int | None,
 ) -> PairRows:
-    prompts = [pair.prompt for pair in pairs]
-    return PairRows(
-        encode_responses(tokenizer, prompts, [pair.chosen for pair in pairs], max_length),
-        encode_responses(tokenizer, prompts, [pair.rejected for pair in pairs], max_length),
-        weights,
+    """Each pair's chosen and rejected rows, cut together so both keep the same prompt tokens
+    (`sequences.encode_groups`): DPO compares two responses in one context."""
+    groups = encode_groups(
+        tokenizer,
+        [pair.prompt for pair in pairs],
+        [(pair.chosen, pair.rejected) for pair in pairs],
+        max_length,
     )
+    return PairRows([chosen for chosen, _ in groups], [rejected for _, rejected in groups], weights)
 
 
 def pair_logprobs(

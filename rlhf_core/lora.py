@@ -193,6 +193,25 @@ def unmerge(model: nn.Module, scope: str) -> None:
         layer.merged_scopes.discard(scope)
 
 
+@torch.no_grad()
+def merged_copy(model: PaLM, scope: str | None) -> PaLM:
+    """A plain PaLM (no adapters, every weight trainable) equal to `model` with `scope` active
+    (the base alone for None), built beside it on its device; `model` is not touched."""
+    plain = PaLM(model.config).to(model.token_emb.weight.device, model.token_emb.weight.dtype)
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            weight = module.weight
+            if scope is not None and scope in module.adapters and scope not in module.merged_scopes:
+                weight = weight + module.adapter(scope).delta_weight()
+            state[f"{name}.weight"] = weight
+    for name, tensor in model.state_dict().items():
+        if ".adapters." not in name:
+            state.setdefault(name, tensor)
+    plain.load_state_dict(state, strict=True)
+    return plain
+
+
 def train_only_last_layers(model: PaLM, n: int) -> list[nn.Parameter]:
     """Freeze everything except the last `n` blocks and the final norm; returns what trains.
 

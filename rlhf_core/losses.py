@@ -47,10 +47,17 @@ def bradley_terry_loss(
     (b) or scalar is Llama-2's (Touvron et al. 2023, eq. 2): a clearer preference grade asks
     for a larger reward gap. `weights` (b) weigh pairs, e.g. by annotator reliability.
     """
+    return _weighted_mean(bradley_terry_losses(chosen_rewards, rejected_rewards, margin), weights)
+
+
+def bradley_terry_losses(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
+) -> Tensor:
+    """-log sigmoid(r_c - r_r - m) elementwise, any shape (`bradley_terry_loss` per pair)."""
     logits = chosen_rewards - rejected_rewards
     if margin is not None:
         logits = logits - margin
-    return _weighted_mean(-F.logsigmoid(logits), weights)
+    return -F.logsigmoid(logits)
 
 
 def tie_loss(
@@ -67,12 +74,17 @@ def tie_loss(
     symmetrically with |d|, so ties pull the two rewards together without fixing their level.
     Stable form: log P(tie) = log(2 sinh τ) + d - softplus(d + τ) - softplus(d - τ).
     """
+    return _weighted_mean(tie_losses(rewards_a, rewards_b, tie_threshold=tie_threshold), weights)
+
+
+def tie_losses(rewards_a: Tensor, rewards_b: Tensor, *, tie_threshold: float) -> Tensor:
+    """-log P(tie) elementwise, any shape (`tie_loss` per pair)."""
     if tie_threshold <= 0:
         raise ValueError(f"tie_threshold must be positive, got {tie_threshold}")
     log_two_sinh = tie_threshold + math.log1p(-math.exp(-2 * tie_threshold))
     d = rewards_a - rewards_b
     log_tie = log_two_sinh + d - F.softplus(d + tie_threshold) - F.softplus(d - tie_threshold)
-    return _weighted_mean(-log_tie, weights)
+    return -log_tie
 
 
 def both_bad_loss(
@@ -86,22 +98,35 @@ def both_bad_loss(
     the pair we use it to pin the reward scale: unacceptable responses score below `threshold`.
     It adds to, never replaces, the pair's preference or tie loss.
     """
+    return _weighted_mean(both_bad_losses(rewards_a, rewards_b, threshold=threshold), weights)
+
+
+def both_bad_losses(rewards_a: Tensor, rewards_b: Tensor, *, threshold: float = 0.0) -> Tensor:
+    """½(-log sigmoid(t - r_a) - log sigmoid(t - r_b)) elementwise (`both_bad_loss` per pair)."""
     losses = -F.logsigmoid(threshold - rewards_a) - F.logsigmoid(threshold - rewards_b)
-    return _weighted_mean(losses / 2, weights)
+    return losses / 2
 
 
-def ranking_loss(rewards: Tensor, order: Tensor, *, weights: Tensor | None = None) -> Tensor:
+def ranking_loss(
+    rewards: Tensor, order: Tensor, *, margin: float = 0.0, weights: Tensor | None = None
+) -> Tensor:
     """InstructGPT's ranking loss (Ouyang et al. 2022, eq. 1): rewards (b k), order (b k) -> ().
 
     `order[i]` lists the indices into `rewards[i]` from best to worst. Each ranking contributes
-    the mean of -log sigmoid(r_better - r_worse) over its K(K-1)/2 pairs (the 1/C(K,2) factor),
-    so a long ranking weighs as much as a short one instead of dominating the batch.
+    the mean of -log sigmoid(r_better - r_worse - margin) over its K(K-1)/2 pairs (the 1/C(K,2)
+    factor), so a long ranking weighs as much as a short one instead of dominating the batch.
+    `margin` is the Rao-Kupper τ that strict pairs of the same data use (see `tie_loss`).
     """
+    return _weighted_mean(ranking_losses(rewards, order, margin=margin), weights)
+
+
+def ranking_losses(rewards: Tensor, order: Tensor, *, margin: float = 0.0) -> Tensor:
+    """Each ranking's loss (b) of `ranking_loss`, unreduced over the rankings."""
     best_first = rewards.gather(-1, order)
     k = best_first.shape[-1]
     better, worse = torch.triu_indices(k, k, offset=1, device=rewards.device)
-    pair_losses = -F.logsigmoid(best_first[:, better] - best_first[:, worse])
-    return _weighted_mean(pair_losses.mean(dim=-1), weights)
+    pair_losses = -F.logsigmoid(best_first[:, better] - best_first[:, worse] - margin)
+    return pair_losses.mean(dim=-1)
 
 
 def ordinal_likert_losses(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:

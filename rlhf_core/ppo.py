@@ -58,6 +58,8 @@ class PPOConfig:
     steps: int = 100  # PPO iterations: one rollout and one update each
     rollout_batch_size: int = 16  # prompts sampled per iteration
     max_new_tokens: int = 32
+    # Prompts longer than this many tokens keep their end (the context nearest the response).
+    max_prompt_length: int | None = 256
     temperature: float = 1.0  # sampling; the log-probs PPO uses are at this temperature too
     # Compile generation's decode step (CUDA): tens of seconds once, then every rollout of the
     # run decodes about 1.5x faster (see generation.generate).
@@ -78,11 +80,17 @@ class PPOConfig:
     # iteration (Ziegler et al. 2019's value).
     kl_gain: float = 0.1
     whiten_advantages: bool = True
-    # Huang et al. 2024: a response that never ends (no EOS within max_new_tokens) gets this
-    # score instead of the reward model's, which never saw an unfinished text. In the scorer's
-    # units: for a reward model's normalised score, -1 is one standard deviation below the mean.
-    # None: no penalty.
-    missing_eos_penalty: float | None = -1.0
+    # Huang et al. 2024 penalise a response that never ends (no EOS within max_new_tokens): the
+    # reward model never saw an unfinished text. Here the penalty is *subtracted* from its
+    # score (in the scorer's units after normalisation: 1 = one standard deviation of the
+    # initial policy's scores) rather than replacing it, so a policy that rarely ends still
+    # learns from the scores while it learns to end. None or 0: no penalty.
+    no_eos_penalty: float | None = 1.0
+    # Huang et al. 2024 ("reward normalisation based on SFT samples"): before the first update
+    # the scorer's scores of this many samples of the initial policy fix a mean and a standard
+    # deviation, and every later score is normalised by them, so rewards are in units of the
+    # policy's own spread whatever the reward model's scale. 0: scores as the scorer gives them.
+    normalization_samples: int = 64
     grad_clip: float | None = 1.0  # max global gradient norm; None: never clip (norm reported)
     target_kl: float | None = None  # stop the update once approx-KL (k3) exceeds it
     lr: float = 1e-5
@@ -106,6 +114,13 @@ class PPOConfig:
                 self.checkpoint_every,
             )
             >= 1,
+            "max_prompt_length must be >= 1 (or None) and normalization_samples >= 0": (
+                (self.max_prompt_length is None or self.max_prompt_length >= 1)
+                and self.normalization_samples >= 0
+            ),
+            "no_eos_penalty must be >= 0 (or None)": (
+                self.no_eos_penalty is None or self.no_eos_penalty >= 0
+            ),
             "rollout_batch_size must be a multiple of minibatch_size": (
                 self.rollout_batch_size % max(self.minibatch_size, 1) == 0
             ),
@@ -143,11 +158,13 @@ class PolicyOutput:
 
 
 class PPOPolicy(nn.Module):
-    """The policy PaLM with a value head on its final hidden states, and its frozen reference.
+    """The policy PaLM, its critic, and its frozen reference.
 
-    The value head shares the policy's trunk (one forward pass gives both). Initialise it with
-    `reward.value_head_from_reward` (Ouyang et al. 2022): it then starts out predicting the
-    normalised score. Default: a zero head, which predicts 0.
+    The critic is a network of its own (a PaLM trunk with a per-token value head), as TRL and
+    OpenRLHF have it: value gradients never reach the policy's weights. Build it from the
+    reward model with `reward.critic_from_reward` (its backbone and scalar head, so it starts
+    out predicting the normalised score); without one, the critic is a copy of the policy's
+    trunk with a zero head, which predicts 0.
     With `lora_rank`, the policy trains LoRA adapters (scope "policy") and the reference is the
     same weights with the adapters off: no second copy. Without, the reference is a frozen deep
     copy taken here, before any update.
@@ -156,7 +173,7 @@ class PPOPolicy(nn.Module):
     def __init__(
         self,
         policy: PaLM,
-        value_head: nn.Linear | None = None,
+        critic: tuple[PaLM, nn.Linear] | None = None,
         *,
         lora_rank: int | None = None,
         lora_alpha: float = 16.0,
@@ -165,16 +182,17 @@ class PPOPolicy(nn.Module):
         self.reference: PaLM | None = None
         if lora_rank is None:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+        if critic is None:
+            like = policy.token_emb.weight
+            head = nn.Linear(policy.config.dim, 1, device=like.device, dtype=like.dtype)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            critic = (copy.deepcopy(policy).requires_grad_(True), head)
+        self.critic, self.value_head = critic
         self.policy = policy
         self.lora_scope = None if lora_rank is None else POLICY_SCOPE
         if lora_rank is not None:
             add_lora(policy, POLICY_SCOPE, rank=lora_rank, alpha=lora_alpha)
-        if value_head is None:
-            like = policy.token_emb.weight
-            value_head = nn.Linear(policy.config.dim, 1, device=like.device, dtype=like.dtype)
-            nn.init.zeros_(value_head.weight)
-            nn.init.zeros_(value_head.bias)
-        self.value_head = value_head
 
     def _policy_scope(self) -> AbstractContextManager[None]:
         if self.lora_scope is None:
@@ -184,7 +202,8 @@ class PPOPolicy(nn.Module):
     def forward(
         self, tokens: Tensor, attention_mask: Tensor, prompt_width: int, temperature: float = 1.0
     ) -> PolicyOutput:
-        """Policy outputs over the response columns of `tokens` (b n); see the module legend.
+        """Policy and critic outputs over the response columns of `tokens` (b n); see the
+        module legend.
 
         `temperature` is the sampling one: the policy PPO optimises is the one that sampled,
         softmax(logits / T), so every log-prob (and the entropy) is of those scaled logits
@@ -195,8 +214,15 @@ class PPOPolicy(nn.Module):
         logits, logprobs = _response_logprobs(
             self.policy, hidden, tokens, prompt_width, temperature
         )
-        values = rearrange(self.value_head(hidden[:, prompt_width - 1 : -1]), "b t 1 -> b t")
-        return PolicyOutput(logits, logprobs, values.float())
+        return PolicyOutput(logits, logprobs, self.values(tokens, attention_mask, prompt_width))
+
+    def values(self, tokens: Tensor, attention_mask: Tensor, prompt_width: int) -> Tensor:
+        """The critic's values (b t) of the state before each response token."""
+        hidden = self.critic(tokens, attention_mask=attention_mask, return_hidden=True)
+        values: Tensor = rearrange(
+            self.value_head(hidden[:, prompt_width - 1 : -1]), "b t 1 -> b t"
+        )
+        return values.float()
 
     @torch.no_grad()
     def reference_logprobs(

@@ -21,7 +21,7 @@ from rlhf_core.lora import merge, unmerge
 from rlhf_core.ppo import POLICY_SCOPE, PPOConfig, PPOError, PPOPolicy
 from rlhf_core.ppo_trainer import PPOResult, train_ppo
 from rlhf_core.pretrain import MixedPrecision
-from rlhf_core.reward import value_head_from_reward
+from rlhf_core.reward import critic_for
 from rlhf_core.reward_io import load_reward_model
 from rlhf_core.rollout import reward_model_scorer
 from rlhf_core.tokenizer import Tokenizer
@@ -109,12 +109,9 @@ def _run_ppo(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(args.policy, device=device)
     reward_model, reward_tokenizer = load_reward_model(args.reward, device=device)
-    fits = (
-        reward_model.config.pairwise and reward_model.backbone.config.dim == checkpoint.config.dim
-    )
-    # A reward model of another width cannot lend its head: the critic then starts at zero.
-    value_head = value_head_from_reward(reward_model) if fits else None
-    policy = PPOPolicy(checkpoint.model.train(), value_head, lora_rank=args.lora_rank)
+    # The critic starts as the reward model when it reads the policy's tokens (critic_for).
+    critic = critic_for(reward_model, reward_tokenizer, checkpoint.model, checkpoint.tokenizer)
+    policy = PPOPolicy(checkpoint.model.train(), critic, lora_rank=args.lora_rank)
     args.out.mkdir(parents=True, exist_ok=True)
     result = train_ppo(
         policy,

@@ -17,14 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from rlhf_core.corpus import atomic_output
+from rlhf_core.diagnostics import policy_warnings, warn
 from rlhf_core.helpers import masked_mean
 from rlhf_core.losses import AdaptiveKLController, FixedKLController
 from rlhf_core.optim import build_adamw
-from rlhf_core.ppo import PPOConfig, PPOError, PPOPolicy, explained_variance, ppo_update
+from rlhf_core.ppo import (
+    PPOConfig,
+    PPOError,
+    PPOPolicy,
+    explained_variance,
+    ppo_autocast,
+    ppo_update,
+)
 from rlhf_core.reward import RewardModel
-from rlhf_core.rollout import Rollout, Scorer, collect_rollout, reward_model_scorer
+from rlhf_core.rollout import (
+    Rollout,
+    Scorer,
+    ScoreScale,
+    collect_rollout,
+    reward_model_scorer,
+    sample_for,
+)
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import NoCallback, TrainingCallback
 
@@ -42,6 +58,8 @@ class PPOResult:
     metrics: dict[str, float]  # of the last iteration
     # The metrics of every iteration this call ran (after a resume: from the resumed step on).
     history: list[dict[str, float]] = field(default_factory=list)
+    # Why the run may not have learned (`rlhf_core.diagnostics`); empty when nothing looked off.
+    warnings: list[str] = field(default_factory=list)
 
 
 def kl_controller(config: PPOConfig) -> KLController:
@@ -50,13 +68,16 @@ def kl_controller(config: PPOConfig) -> KLController:
     return FixedKLController(config.init_kl_coef)
 
 
-def rollout_metrics(rollout: Rollout) -> dict[str, float]:
-    """Reward, KL to the reference and shape statistics of the experience, before the update."""
+def rollout_metrics(rollout: Rollout, ended: Tensor) -> dict[str, float]:
+    """Reward, KL to the reference and shape statistics of the experience, before the update;
+    `ended` (b) says which responses ended with EOS."""
     mask = rollout.response_mask
     # Summed over the response (nats per response, the unit of kl_target), averaged over rows.
     kl = torch.where(mask, rollout.logprobs - rollout.ref_logprobs, 0.0).sum(dim=1)
     return {
         "score": float(rollout.scores.mean()),
+        "score_std": float(rollout.scores.std(correction=0)),
+        "eos_rate": float(ended.float().mean()),
         "kl": float(kl.mean()),
         "response_length": float(mask.sum(dim=1).float().mean()),
         "value_mean": float(masked_mean(rollout.values, mask)),
@@ -73,9 +94,11 @@ class PPOState:
     sampling: torch.Generator  # token sampling, on the policy's device
     step: int = 0
     prompt_order: list[int] = field(default_factory=list)  # prompts left in this pass
+    scale: ScoreScale | None = None  # fitted before the first update (normalization_samples)
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "scale": None if self.scale is None else [self.scale.mean, self.scale.std],
             "kl_coef": self.kl.value,
             "shuffle": self.shuffle.get_state(),
             "sampling": self.sampling.get_state(),
@@ -88,6 +111,7 @@ class PPOState:
         self.shuffle.set_state(state["shuffle"])
         self.sampling.set_state(state["sampling"])
         self.step, self.prompt_order = state["step"], list(state["prompt_order"])
+        self.scale = None if state["scale"] is None else ScoreScale(*state["scale"])
 
 
 def new_state(policy: PPOPolicy, config: PPOConfig) -> PPOState:
@@ -109,6 +133,37 @@ def next_prompts(prompts: Sequence[str], size: int, state: PPOState) -> list[str
     return batch
 
 
+def fit_score_scale(
+    policy: PPOPolicy,
+    scorer: Scorer,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    config: PPOConfig,
+    state: PPOState,
+) -> tuple[ScoreScale, list[str]]:
+    """The mean and standard deviation of the scorer's scores of `normalization_samples`
+    responses of the policy as it is (before any update), and a warning if they all agree."""
+    if config.normalization_samples == 0:
+        return ScoreScale(), []
+    scores = []
+    left = config.normalization_samples
+    while left > 0:
+        batch = next_prompts(prompts, min(left, config.rollout_batch_size), state)
+        sampled = sample_for(policy, tokenizer, batch, config, state.sampling)
+        with ppo_autocast(policy, config):
+            scores.append(scorer(batch, sampled.texts).float().cpu())
+        left -= len(batch)
+    values = torch.cat(scores)
+    std = float(values.std(correction=0))
+    if not std > 0:
+        message = (
+            f"all {len(values)} samples of the initial policy got the same score "
+            f"({float(values[0]):.4g}): the scores are left unnormalised"
+        )
+        return ScoreScale(float(values.mean()), 1.0), [message]
+    return ScoreScale(float(values.mean()), std), []
+
+
 def ppo_step(
     policy: PPOPolicy,
     optimizer: torch.optim.Optimizer,
@@ -120,7 +175,7 @@ def ppo_step(
 ) -> dict[str, float]:
     """One PPO iteration on `prompts` (one response each); returns its metrics."""
     kl_coef = state.kl.value
-    rollout, _, timings = collect_rollout(
+    rollout, sampled, timings = collect_rollout(
         policy,
         scorer,
         tokenizer,
@@ -128,11 +183,12 @@ def ppo_step(
         kl_coef=kl_coef,
         config=config,
         generator=state.sampling,
+        scale=state.scale or ScoreScale(),
     )
     started = time.perf_counter()
     update = ppo_update(policy, optimizer, rollout, config, state.shuffle)
     learning = time.perf_counter() - started
-    before = rollout_metrics(rollout)
+    before = rollout_metrics(rollout, sampled.ended)
     state.kl.update(before["kl"])
     state.step += 1
     return {
@@ -180,6 +236,10 @@ def train_ppo(
         if metrics_file is not None:
             rewind_metrics(metrics_file, state.step)
     history: list[dict[str, float]] = []
+    found: list[str] = []
+    if state.scale is None:
+        state.scale, found = fit_score_scale(policy, scorer, tokenizer, prompts, config, state)
+        warn(found)
     stopped = False
     while state.step < config.steps and not stopped:
         batch = next_prompts(prompts, config.rollout_batch_size, state)
@@ -192,7 +252,9 @@ def train_ppo(
         due = state.step % config.checkpoint_every == 0 or stopped or state.step == config.steps
         if state_file is not None and due:
             save_run_state(state_file, policy, optimizer, state)
-    return PPOResult(state.step, stopped, history[-1] if history else {}, history)
+    late = policy_warnings(history, config.kl_target if config.adaptive_kl else None)
+    warn(late)
+    return PPOResult(state.step, stopped, history[-1] if history else {}, history, found + late)
 
 
 def save_run_state(

@@ -2,8 +2,9 @@
 
     backbone/                 a plain PaLM checkpoint (`rlhf_core.checkpoint`), without adapters
     reward_head.safetensors   the heads, the normalisation buffers and any LoRA adapters
-    reward_config.json        {"model_kind": "reward", "format_version": 1,
-                               "head_sha256": ..., "head": RewardHeadConfig fields}
+    reward_config.json        {"model_kind": "reward", "format_version": 2,
+                               "head_sha256": ..., "head": RewardHeadConfig fields,
+                               "trained_heads": ["scalar", "likert"]: the heads fitted}
 
 The backbone stays a normal checkpoint, so any PaLM tool (generation, a later fine-tune) reads
 it as is. The directory is built under a temporary sibling name and renamed into place when
@@ -37,7 +38,7 @@ from rlhf_core.palm import PaLM
 from rlhf_core.reward import RewardHeadConfig, RewardModel
 from rlhf_core.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pooled heads, ensemble members, trained_heads
 MODEL_KIND = "reward"
 BACKBONE_DIRECTORY = "backbone"
 HEAD_FILE = "reward_head.safetensors"
@@ -80,6 +81,7 @@ def save_reward_model(
             "format_version": FORMAT_VERSION,
             "head_sha256": file_sha256(staging / HEAD_FILE),
             "head": asdict(model.config),
+            "trained_heads": sorted(model.trained_heads),
         }
         with atomic_output(staging / CONFIG_FILE) as handle:
             handle.write(json.dumps(config, indent=2).encode("utf-8"))
@@ -99,10 +101,11 @@ def load_reward_model(
     """
     if not directory.is_dir():
         raise CheckpointError("no such reward checkpoint directory", directory)
-    config, head_sha256 = _read_config(directory / CONFIG_FILE)
+    config, head_sha256, trained = _read_config(directory / CONFIG_FILE)
     head = _read_head(directory / HEAD_FILE, head_sha256)
     checkpoint = load_checkpoint(directory / BACKBONE_DIRECTORY, device=device)
     model = RewardModel(checkpoint.model, config)
+    model.trained_heads = trained
     weights = {BACKBONE_PREFIX + name: t for name, t in checkpoint.model.state_dict().items()}
     # The backbone's state dict now includes the fresh adapters; the head file's override them.
     weights.update(head)
@@ -131,7 +134,7 @@ def _split_state_dict(model: RewardModel) -> tuple[dict[str, Tensor], dict[str, 
     return backbone, head
 
 
-def _read_config(path: Path) -> tuple[RewardHeadConfig, str]:
+def _read_config(path: Path) -> tuple[RewardHeadConfig, str, frozenset[str]]:
     values = read_json(path)
     if values.get("model_kind") != MODEL_KIND:
         raise CheckpointError(
@@ -139,13 +142,25 @@ def _read_config(path: Path) -> tuple[RewardHeadConfig, str]:
         )
     if values.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"format {values.get('format_version')!r}, expected {FORMAT_VERSION}", path
+            f"format {values.get('format_version')!r}, expected {FORMAT_VERSION} (a reward "
+            "model saved by an older version: train it again)",
+            path,
         )
     head_sha256, head = values.get("head_sha256"), values.get("head")
-    if not isinstance(head_sha256, str) or not isinstance(head, dict):
-        raise CheckpointError("expected a 'head_sha256' string and a 'head' object", path)
+    trained = values.get("trained_heads")
+    if (
+        not isinstance(head_sha256, str)
+        or not isinstance(head, dict)
+        or not isinstance(trained, list)
+        or not set(trained) <= {"scalar", "likert"}
+    ):
+        raise CheckpointError(
+            "expected a 'head_sha256' string, a 'head' object and 'trained_heads' among "
+            "'scalar' and 'likert'",
+            path,
+        )
     try:
-        return RewardHeadConfig(**head), head_sha256
+        return RewardHeadConfig(**head), head_sha256, frozenset(trained)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"not a RewardHeadConfig ({error})", path) from error
 

@@ -1,16 +1,24 @@
 """Human labels as reward-model training items, and the losses and metrics of a model on them.
 
-Every record becomes pair items or a Likert item, and one batch mixes them:
+Every record becomes one item, which stays whole in a batch:
     pairwise  chosen ≻ rejected: Bradley-Terry with margin τ + strength_margin·(strength - 1);
               a tie: Rao-Kupper `tie_loss` with the same τ; both_bad: `both_bad_loss` on top
-    ranking   all K(K-1)/2 pairs (InstructGPT), each weighing 1/C(K,2) (`Ranking.to_pairs`)
+    ranking   InstructGPT's `ranking_loss` over its K(K-1)/2 pairs (their mean, so a ranking
+              weighs as one label), strict pairs with margin τ
     rewrite   rewrite ≻ original (`Rewrite.to_pair`)
-    likert    `ordinal_likert_loss` on the Likert head, one label per rated attribute
-Each kind's loss is a weighted mean over its items in the batch and a step minimises
-Σ weight_kind · loss_kind, so a kind's influence does not depend on how many items it has.
+    likert    `ordinal_likert_losses` on the Likert head, one label per rated attribute
+One batch mixes every kind. Its loss is Σ_items kind_weight · weight · loss_item / (B · w̄):
+each item weighs the same whatever else is in its batch (B is the batch size and w̄ the mean
+item weight of the whole training set, a constant), so one tie never outweighs a batch of strict
+pairs, and a rare kind is not inflated to the weight of a common one.
+
+With an ensemble (`RewardHeadConfig.members` > 1), every scalar-head loss is taken per member
+and weighted by that member's bootstrap count of the item (`bootstrap_counts`), so the members
+see different resamples of the labels and their spread measures what the labels leave open.
+
 `rlhf_core.reward_training` runs the training loop over these.
 
-Axes: p pair items, l Likert items, a attributes, k bins.
+Axes: r encoded rows, i items, m ensemble members, l Likert items, a attributes, k bins.
 """
 
 from __future__ import annotations
@@ -21,21 +29,23 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
-from rlhf_core.losses import both_bad_loss, bradley_terry_loss, ordinal_likert_loss, tie_loss
-from rlhf_core.records import LikertRating, PairwisePreference, Ranking, Rewrite
-from rlhf_core.reward import (
-    RewardHeadConfig,
-    RewardModel,
-    RewardOutput,
-    encode_pairs,
-    expected_scores,
+from rlhf_core.losses import (
+    both_bad_losses,
+    bradley_terry_losses,
+    ordinal_likert_losses,
+    ranking_losses,
+    tie_losses,
 )
+from rlhf_core.records import LikertRating, PairwisePreference, Ranking, Rewrite
+from rlhf_core.reward import RewardHeadConfig, RewardModel, RewardOutput, expected_scores
+from rlhf_core.sequences import collate, encode_groups
 from rlhf_core.tokenizer import Tokenizer
 
 LabelRecord = PairwisePreference | LikertRating | Ranking | Rewrite
-PairSource = Literal["pairwise", "ranking", "rewrite"]
+PairSource = Literal["pairwise", "rewrite"]
 LossKind = Literal["pairwise", "ranking", "rewrite", "tie", "both_bad", "likert"]
 ECE_BINS = 10
 
@@ -89,6 +99,24 @@ class PairItem:
     both_bad: bool
     weight: float
 
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return (self.first, self.second)
+
+
+@dataclass(frozen=True)
+class RankingItem:
+    """`responses` ordered best first, trained as one item (`ranking_loss`)."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    margin: float
+    weight: float
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return self.responses
+
 
 @dataclass(frozen=True)
 class LikertItem:
@@ -99,8 +127,12 @@ class LikertItem:
     labels: tuple[int, ...]
     weight: float = 1.0
 
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return (self.response,)
 
-Item = PairItem | LikertItem
+
+Item = PairItem | RankingItem | LikertItem
 
 
 def held_out_prompt(prompt: str, fraction: float) -> bool:
@@ -119,6 +151,20 @@ def split_by_prompt(
     return train, [record for record, out in zip(records, held, strict=True) if out]
 
 
+def heads_trained_by(items: Sequence[Item], config: LabelLossConfig) -> frozenset[str]:
+    """The heads that `items` give a gradient: "scalar" from pair and ranking items (with a
+    weight above 0), "likert" from Likert items."""
+    weights = config.loss_weights
+    scalar = any(
+        (isinstance(item, RankingItem) and weights["ranking"] > 0)
+        or (isinstance(item, PairItem) and weights["tie" if item.tie else item.source] > 0)
+        or (isinstance(item, PairItem) and item.both_bad and weights["both_bad"] > 0)
+        for item in items
+    )
+    likert = weights["likert"] > 0 and any(isinstance(item, LikertItem) for item in items)
+    return frozenset(name for name, on in (("scalar", scalar), ("likert", likert)) if on)
+
+
 def to_items(
     records: Sequence[LabelRecord], heads: RewardHeadConfig, config: LabelLossConfig
 ) -> list[Item]:
@@ -128,7 +174,9 @@ def to_items(
         if isinstance(record, LikertRating):
             items.append(_likert_item(record, heads))
         elif isinstance(record, Ranking):
-            items.extend(_pair_item(pair, "ranking", config) for pair in record.to_pairs())
+            items.append(
+                RankingItem(record.prompt, record.responses, config.tie_threshold, record.weight)
+            )
         elif isinstance(record, Rewrite):
             items.append(_pair_item(record.to_pair(), "rewrite", config))
         else:
@@ -159,111 +207,143 @@ def _likert_item(rating: LikertRating, heads: RewardHeadConfig) -> LikertItem:
     return LikertItem(rating.prompt, rating.response, labels, rating.weight)
 
 
+def bootstrap_counts(items: int, members: int, seed: int) -> Tensor:
+    """(i m) how often each member draws each item in its bootstrap resample: Poisson(1)
+    counts (the online bootstrap of Oza 2001, as bootstrapped DQN uses), fixed by `seed`; all
+    ones for a single member, which trains on the labels as they are."""
+    if members == 1:
+        return torch.ones(items, 1)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.ones(items, members), generator=generator)
+
+
 @dataclass(frozen=True)
 class Scores:
-    """Raw rewards of the pair items' first and second texts (p), Likert logits (l a k)."""
+    """The model's outputs over the rows of a list of items: raw rewards (r), the members'
+    (r m) and Likert logits (r a k) where the model has them, and `rows[i]`, the rows of item
+    i (in the order of its `texts`)."""
 
-    first: Tensor
-    second: Tensor
+    rewards: Tensor
+    members: Tensor | None
     likert_logits: Tensor | None
+    rows: list[range]
 
 
 def score_items(
     model: nn.Module, tokenizer: Tokenizer, items: Sequence[Item], max_length: int | None
 ) -> Scores:
     """One forward pass of `model` (a RewardModel, maybe wrapped by accelerate) over every
-    text of `items`, with gradients. Pair items and Likert items each keep their order in
-    `items`, which is how `label_losses` and `reward_metrics` read them back."""
-    pairs = [item for item in items if isinstance(item, PairItem)]
-    ratings = [item for item in items if isinstance(item, LikertItem)]
-    prompts = [item.prompt for item in pairs] * 2 + [item.prompt for item in ratings]
-    texts = [i.first for i in pairs] + [i.second for i in pairs] + [i.response for i in ratings]
-    tokens, mask = encode_pairs(tokenizer, prompts, texts, max_length)
+    text of `items`, with gradients. The texts of one item share their prompt tokens
+    (`sequences.encode_groups`)."""
+    groups = encode_groups(
+        tokenizer, [item.prompt for item in items], [item.texts for item in items], max_length
+    )
+    rows, start = [], 0
+    for group in groups:
+        rows.append(range(start, start + len(group)))
+        start += len(group)
     device = next(model.parameters()).device
-    output: RewardOutput = model(tokens.to(device), mask.to(device))
-    first, second = output.rewards[: len(pairs)], output.rewards[len(pairs) : 2 * len(pairs)]
-    if output.likert_logits is None and ratings:
+    batch = collate([row for group in groups for row in group], tokenizer.pad_id).to(device)
+    output: RewardOutput = model(batch.tokens, batch.attention_mask, batch.response_mask)
+    if output.likert_logits is None and any(isinstance(item, LikertItem) for item in items):
         raise RewardTrainingError("Likert labels need a model with Likert attributes")
-    logits = None if output.likert_logits is None else output.likert_logits[2 * len(pairs) :]
-    return Scores(first, second, logits)
+    return Scores(output.rewards, output.member_rewards, output.likert_logits, rows)
 
 
-def label_losses(
-    scores: Scores, items: Sequence[Item], config: LabelLossConfig
-) -> dict[str, Tensor]:
-    """The loss of each kind present in `items` with a weight above 0 (see the module doc)."""
-    pairs = [item for item in items if isinstance(item, PairItem)]
-    device, tau = scores.first.device, config.tie_threshold
+def item_losses(scores: Scores, items: Sequence[Item], config: LabelLossConfig) -> Tensor:
+    """Per-item losses (i m), already times their kind's weight (see the module doc): the
+    scalar head's per member, plus the Likert head's (the same for every member)."""
+    has_scalar = scores.members is not None
+    members = scores.members if scores.members is not None else scores.rewards[:, None]
+    device, tau, weights = members.device, config.tie_threshold, config.loss_weights
+    losses = torch.zeros(len(items), members.shape[1], device=device)
+    pairs = [i for i, item in enumerate(items) if isinstance(item, PairItem)]
+    if pairs and has_scalar:
+        chosen = [item for item in items if isinstance(item, PairItem)]
+        a = members[[scores.rows[i][0] for i in pairs]]
+        b = members[[scores.rows[i][1] for i in pairs]]
 
-    def where(values: list[bool]) -> Tensor:
-        return torch.tensor(values, dtype=torch.bool, device=device)
+        def column(values: list[float] | list[bool]) -> Tensor:
+            return torch.tensor(values, device=device)[:, None]
 
-    weight = torch.tensor([item.weight for item in pairs], device=device)
-    margin = torch.tensor([item.margin for item in pairs], device=device)
-    selections = {
-        s: where([i.source == s and not i.tie for i in pairs]) for s in get_args(PairSource)
-    }
-    selections |= {
-        "tie": where([i.tie for i in pairs]),
-        "both_bad": where([i.both_bad for i in pairs]),
-    }
-    losses: dict[str, Tensor] = {}
-    for kind, keep in selections.items():
-        if config.loss_weights[kind] == 0 or not keep.any():
-            continue
-        first, second, weights = scores.first[keep], scores.second[keep], weight[keep]
-        if kind == "tie":
-            losses[kind] = tie_loss(first, second, tie_threshold=tau, weights=weights)
-        elif kind == "both_bad":
-            threshold = config.both_bad_threshold
-            losses[kind] = both_bad_loss(first, second, threshold=threshold, weights=weights)
-        else:
-            losses[kind] = bradley_terry_loss(first, second, margin=margin[keep], weights=weights)
-    labels = _likert_labels(items, device)
-    if scores.likert_logits is not None and len(labels) and config.loss_weights["likert"] > 0:
-        weights = torch.tensor(
-            [item.weight for item in items if isinstance(item, LikertItem)], device=device
+        tie = column([item.tie for item in chosen])
+        kind = column([weights["tie" if item.tie else item.source] for item in chosen])
+        both_bad = column([float(item.both_bad) * weights["both_bad"] for item in chosen])
+        strict = bradley_terry_losses(a, b, column([item.margin for item in chosen]))
+        tied = tie_losses(a, b, tie_threshold=tau)
+        bad = both_bad_losses(a, b, threshold=config.both_bad_threshold)
+        losses[pairs] = kind * torch.where(tie, tied, strict) + both_bad * bad
+    for index, item in enumerate(items):
+        if isinstance(item, RankingItem) and has_scalar:
+            ranked = rearrange(members[list(scores.rows[index])], "k m -> m k")
+            order = torch.arange(len(item.responses), device=device).expand_as(ranked)
+            losses[index] = weights["ranking"] * ranking_losses(ranked, order, margin=item.margin)
+    ratings = [i for i, item in enumerate(items) if isinstance(item, LikertItem)]
+    if ratings and scores.likert_logits is not None:
+        labels = torch.tensor(
+            [item.labels for item in items if isinstance(item, LikertItem)],
+            dtype=torch.long,
+            device=device,
         )
-        losses["likert"] = ordinal_likert_loss(
-            scores.likert_logits, labels.clamp(min=0), labels >= 0, weights
-        )
+        logits = scores.likert_logits[[scores.rows[i][0] for i in ratings]]
+        likert = ordinal_likert_losses(logits, labels.clamp(min=0), labels >= 0)
+        losses[ratings] = weights["likert"] * likert[:, None]
     return losses
 
 
-def total_loss(losses: dict[str, Tensor], config: LabelLossConfig) -> Tensor:
-    """Σ weight_kind · loss_kind; a 0 without gradient where no kind is present."""
-    terms = [config.loss_weights[kind] * loss for kind, loss in losses.items()]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def _likert_labels(items: Sequence[Item], device: torch.device) -> Tensor:
-    # (l a); shape (0,) without Likert items, which callers skip by its length.
-    rows = [item.labels for item in items if isinstance(item, LikertItem)]
-    return torch.tensor(rows, dtype=torch.long, device=device)
+def batch_loss(
+    scores: Scores,
+    items: Sequence[Item],
+    config: LabelLossConfig,
+    *,
+    mean_weight: float,
+    counts: Tensor | None = None,
+) -> Tensor:
+    """Σ_items weight · loss / (B · mean_weight) (kind weights are in `item_losses`), each
+    member's loss weighted by its bootstrap count of the item (`counts`, i m; default 1) and
+    the members averaged."""
+    losses = item_losses(scores, items, config)
+    if not items:
+        return losses.sum()
+    if counts is not None:
+        losses = losses * counts.to(losses.device)
+    weight = torch.tensor([item.weight for item in items], device=losses.device)
+    return (weight * losses.mean(dim=1)).sum() / (len(items) * mean_weight)
 
 
 def reward_metrics(scores: Scores, items: Sequence[Item], bin_values: Tensor) -> dict[str, float]:
     """Quality of a reward model (unweighted, each over the items it applies to):
 
-    pairwise_accuracy  share of strict pairs (ties excluded) with r_first > r_second
-    ece                expected calibration error of sigmoid(r_first - r_second) read as
-                       P(first ≻ second) (`expected_calibration_error`), strict pairs
+    pairwise_accuracy  share of strict preferences with r_better > r_worse: pairs (ties
+                       excluded), rewrites and every pair of each ranking
+    ece                expected calibration error of sigmoid(r_better - r_worse) read as
+                       P(better ≻ worse) (`expected_calibration_error`), the same pairs
     likert_accuracy    share of rated attributes whose most likely bin is the label
     likert_mae         mean |expected score - labelled score|, in bin values
     """
     metrics: dict[str, float] = {}
-    strict = torch.tensor([not item.tie for item in items if isinstance(item, PairItem)])
-    if strict.any():
-        difference = (scores.first - scores.second).detach().float().cpu()[strict]
+    rewards = scores.rewards.detach().float().cpu()
+    differences = []
+    for item, rows in zip(items, scores.rows, strict=True):
+        if isinstance(item, PairItem) and not item.tie:
+            differences.append(rewards[rows[0]] - rewards[rows[1]])
+        elif isinstance(item, RankingItem):
+            ranked = rewards[list(rows)]
+            better, worse = torch.triu_indices(len(rows), len(rows), offset=1)
+            differences.extend(ranked[better] - ranked[worse])
+    if differences and scores.members is not None:
+        difference = torch.stack(differences)
         metrics["pairwise_accuracy"] = (difference > 0).float().mean().item()
         metrics["ece"] = expected_calibration_error(torch.sigmoid(difference))
-    labels = _likert_labels(items, torch.device("cpu"))
-    if scores.likert_logits is not None and len(labels):
-        logits, rated, values = (
-            scores.likert_logits.detach().float().cpu(),
-            labels >= 0,
-            bin_values.cpu(),
-        )
+    ratings = [
+        (item, rows)
+        for item, rows in zip(items, scores.rows, strict=True)
+        if isinstance(item, LikertItem)
+    ]
+    if scores.likert_logits is not None and ratings:
+        labels = torch.tensor([item.labels for item, _ in ratings], dtype=torch.long)
+        logits = scores.likert_logits.detach().float().cpu()[[rows[0] for _, rows in ratings]]
+        rated, values = labels >= 0, bin_values.cpu()
         errors = expected_scores(logits, values) - values[labels.clamp(min=0)]
         metrics["likert_accuracy"] = (logits.argmax(-1) == labels)[rated].float().mean().item()
         metrics["likert_mae"] = errors.abs()[rated].mean().item()
@@ -295,26 +375,38 @@ def evaluate_items(
     config: LabelLossConfig,
     *,
     batch_size: int,
-    max_length: int | None,
+    mean_weight: float | None = None,
 ) -> dict[str, float]:
-    """The losses and `reward_metrics` of `model` on `items`, scored in eval mode."""
+    """The loss and `reward_metrics` of `model` on `items`, scored in eval mode.
+
+    `mean_weight` is the training set's (the loss is then on the training loss's scale);
+    default: these items' own."""
     was_training, size = model.training, batch_size
     model.eval()
     try:
         parts = [
-            score_items(model, tokenizer, items[start : start + size], max_length)
+            score_items(model, tokenizer, items[start : start + size], model.config.max_length)
             for start in range(0, len(items), size)
         ]
     finally:
         model.train(was_training)
+    scores = _concatenate(parts)
+    weight = mean_weight or sum(item.weight for item in items) / max(len(items), 1)
+    loss = batch_loss(scores, items, config, mean_weight=weight)
+    return {"loss": loss.item(), **reward_metrics(scores, items, model.bin_values)}
+
+
+def _concatenate(parts: Sequence[Scores]) -> Scores:
+    rows: list[range] = []
+    offset = 0
+    for part in parts:
+        rows.extend(range(r.start + offset, r.stop + offset) for r in part.rows)
+        offset += part.rewards.shape[0]
+    members = [part.members for part in parts if part.members is not None]
     logits = [part.likert_logits for part in parts if part.likert_logits is not None]
-    first, second = (
-        torch.cat([getattr(part, side) for part in parts]) for side in ("first", "second")
+    return Scores(
+        torch.cat([part.rewards for part in parts]),
+        torch.cat(members) if members else None,
+        torch.cat(logits) if logits else None,
+        rows,
     )
-    scores = Scores(first, second, torch.cat(logits) if logits else None)
-    losses = label_losses(scores, items, config)
-    return {
-        "loss": total_loss(losses, config).item(),
-        **{f"loss_{kind}": loss.item() for kind, loss in losses.items()},
-        **reward_metrics(scores, items, model.bin_values),
-    }

@@ -9,6 +9,7 @@ command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -31,14 +32,15 @@ from rlhf_core.reward_labels import (
     Item,
     LabelLossConfig,
     LabelRecord,
-    PairItem,
+    LikertItem,
     RewardTrainingError,
+    batch_loss,
+    bootstrap_counts,
     evaluate_items,
-    label_losses,
+    heads_trained_by,
     score_items,
     split_by_prompt,
     to_items,
-    total_loss,
 )
 from rlhf_core.run_directory import RunDirectory
 from rlhf_core.tokenizer import Tokenizer
@@ -73,7 +75,6 @@ class RewardTrainingConfig:
     held_out_fraction: float = 0.1  # of prompts, chosen by hash: a prompt is never on both sides
     patience: int | None = 1  # epochs without a better held-out loss before stopping
     losses: LabelLossConfig = field(default_factory=LabelLossConfig)  # τ, margins, weights
-    max_length: int | None = 512  # tokens per (prompt, response), truncated on the left
     seed: int = 0
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it
     log_file: Path | None = None  # metrics as JSON lines
@@ -117,14 +118,7 @@ def evaluate_reward_model(
     """The losses and `reward_metrics` of `model` on all of `records` (no split)."""
     config = config or RewardTrainingConfig()
     items = to_items(records, model.config, config.losses)
-    return evaluate_items(
-        model,
-        tokenizer,
-        items,
-        config.losses,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-    )
+    return evaluate_items(model, tokenizer, items, config.losses, batch_size=config.batch_size)
 
 
 def train_reward_model(
@@ -147,11 +141,19 @@ def train_reward_model(
     train_items = to_items(train_records, model.config, config.losses)
     if not train_items:
         raise RewardTrainingError(f"no labels left to train on, of {len(records)} records")
+    trained = heads_trained_by(train_items, config.losses)
+    if model.config.reward_head not in trained:
+        raise RewardTrainingError(
+            f"none of the {len(train_items)} training labels trains this model's "
+            f"{model.config.reward_head} head, which gives its reward: a pairwise head needs "
+            "pairwise, ranking or rewrite labels, a Likert-only model Likert ratings"
+        )
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps
     )
     set_seed(config.seed)
+    model.trained_heads = trained
     trainer = _RewardTrainer(model, tokenizer, config, accelerator, callback or NoCallback())
     return trainer.run(train_items, to_items(held_records, model.config, config.losses))
 
@@ -179,6 +181,8 @@ class _RewardTrainer:
         config = self.config
         steps = config.epochs * math.ceil(len(train_items) / config.batch_size)
         self.total = min(steps, config.max_steps or steps)
+        self.mean_weight = sum(item.weight for item in train_items) / len(train_items)
+        self.counts = bootstrap_counts(len(train_items), self.model.config.members, config.seed)
         # build_adamw takes only parameters that need gradients: with LoRA, adapters and heads.
         optimizer = build_adamw(
             self.model, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
@@ -215,7 +219,7 @@ class _RewardTrainer:
 
     def _train_epoch(self, items: list[Item], epoch: int) -> bool:
         """Steps over a shuffled pass of `items`; True when a callback asks to stop."""
-        order = list(items)
+        order = list(range(len(items)))
         random.Random(self.config.seed + epoch).shuffle(order)  # the same on every process
         size = self.config.batch_size
         for start in range(0, len(order), size):
@@ -224,39 +228,43 @@ class _RewardTrainer:
             metrics = {
                 "step": self.step + 1,
                 "epoch": epoch,
-                **self._train_step(order[start : start + size]),
+                **self._train_step(items, order[start : start + size]),
             }
             self.step += 1
             if self._report(metrics, is_eval=False):
                 return True
         return False
 
-    def _train_step(self, batch: list[Item]) -> dict[str, float]:
+    def _train_step(self, items: list[Item], batch: list[int]) -> dict[str, float]:
         accelerator = self.accelerator
         own = batch[accelerator.process_index :: accelerator.num_processes]
-        scores = score_items(self.wrapped, self.tokenizer, own, self.config.max_length)
-        losses = label_losses(scores, own, self.config.losses)
-        loss = total_loss(losses, self.config.losses)
+        chosen = [items[index] for index in own]
+        scores = score_items(self.wrapped, self.tokenizer, chosen, self.model.config.max_length)
+        loss = batch_loss(
+            scores,
+            chosen,
+            self.config.losses,
+            mean_weight=self.mean_weight,
+            counts=self.counts[own],
+        )
         lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
-        if loss.requires_grad:  # a batch of only zero-weighted kinds teaches nothing
+        if loss.requires_grad:
             accelerator.backward(loss)
         grad_norm = clip_gradients(accelerator, self.wrapped, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        kinds = {f"loss_{kind}": value.item() for kind, value in losses.items()}
-        return {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **kinds}
+        return {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm}
 
     def _evaluate(self, items: list[Item], epoch: int) -> bool:
         """Held-out metrics; keeps the best weights. True when patience or a callback stops."""
-        config = self.config
         metrics = evaluate_items(
             self.model,
             self.tokenizer,
             items,
-            config.losses,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
+            self.config.losses,
+            batch_size=self.config.batch_size,
+            mean_weight=self.mean_weight,
         )
         self.history.append({"step": self.step, "epoch": epoch, **metrics})
         if self.best is None or metrics["loss"] < self.best[0]:
@@ -291,19 +299,11 @@ class _RewardTrainer:
         """Normalise by the raw rewards of every distinct training (prompt, response)."""
         texts: dict[tuple[str, str], None] = {}
         for item in items:
-            responses = (
-                (item.first, item.second) if isinstance(item, PairItem) else (item.response,)
-            )
-            texts.update(dict.fromkeys((item.prompt, response) for response in responses))
+            if not isinstance(item, LikertItem) or self.model.config.reward_head == "likert":
+                texts.update(dict.fromkeys((item.prompt, text) for text in item.texts))
         prompts, responses = zip(*texts, strict=True)
-        model, config = self.model, self.config
-        rewards = model.score(
-            prompts,
-            responses,
-            self.tokenizer,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-        )
+        model = self.model
+        rewards = model.score(prompts, responses, self.tokenizer, batch_size=self.config.batch_size)
         # score() applies the current normalisation; undo it to get the raw rewards.
         raw = rewards * model.reward_std.cpu() + model.reward_mean.cpu()
         try:
@@ -372,7 +372,11 @@ def _run_train_reward(args: argparse.Namespace) -> None:
     records = [record for path in args.labels for record in read_records(path, likert_scale=scale)]
     labels = [record for record in records if isinstance(record, LabelRecord)]
     checkpoint = load_checkpoint(args.base)
-    heads = _heads_for(labels, args.attributes, args.lora_rank)
+    heads = heads_for(
+        labels,
+        attributes=args.attributes,
+        base=RewardHeadConfig(lora_rank=args.lora_rank),
+    )
     model = RewardModel(checkpoint.model.train(), heads)
     config = RewardTrainingConfig(
         lr=args.lr,
@@ -391,10 +395,16 @@ def _run_train_reward(args: argparse.Namespace) -> None:
     print(f"saved {args.out} after {result.steps} steps; held-out: {shown or 'none'}")
 
 
-def _heads_for(
-    labels: Sequence[LabelRecord], attributes: Sequence[str] | None, lora_rank: int | None
+def heads_for(
+    labels: Sequence[LabelRecord],
+    *,
+    attributes: Sequence[str] | None = None,
+    base: RewardHeadConfig | None = None,
 ) -> RewardHeadConfig:
-    """Heads for `labels`: a Likert head on their one scale, for the attributes they rate."""
+    """The heads `labels` can train, on top of `base` (pooling, members, LoRA, max_length):
+    a scalar head when there are pairwise, ranking or rewrite labels, a Likert head on their
+    one scale for the attributes they rate (or `attributes`, the first driving RL when there
+    is no scalar head)."""
     if not labels:
         raise RewardTrainingError("no pairwise, Likert, ranking or rewrite records to train on")
     ratings = [record for record in labels if isinstance(record, LikertRating)]
@@ -404,11 +414,12 @@ def _heads_for(
     low, high = scales[0] if scales else (1, 5)
     rated = dict.fromkeys(name for record in ratings for name in record.scores)
     try:
-        return RewardHeadConfig(
+        return dataclasses.replace(
+            base or RewardHeadConfig(),
             attributes=tuple(attributes or rated),
             bins=high - low + 1,
             bin_values=tuple(range(low, high + 1)),
-            lora_rank=lora_rank,
+            pairwise=len(ratings) < len(labels),
         )
     except ValueError as error:  # e.g. --lora-rank 0, or an attribute named twice
         raise RewardTrainingError(str(error)) from error

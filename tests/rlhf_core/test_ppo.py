@@ -34,7 +34,7 @@ from rlhf_core.ppo import (
 from rlhf_core.ppo_command import add_ppo_command, read_prompts
 from rlhf_core.ppo_trainer import train_ppo
 from rlhf_core.pretrain import MixedPrecision
-from rlhf_core.reward import RewardModel, value_head_from_reward
+from rlhf_core.reward import critic_from_reward
 from rlhf_core.reward_io import save_reward_model
 from rlhf_core.rollout import (
     Rollout,
@@ -49,6 +49,7 @@ from rlhf_core.rollout import (
 from rlhf_core.simulation import LetterShare
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import Metrics, NoCallback
+from tests.rlhf_core.training_data import plumbing_reward_model
 
 TOKENIZER = Tokenizer.byte_fallback()
 EOS, PAD = TOKENIZER.eos_id, TOKENIZER.pad_id
@@ -77,7 +78,7 @@ def hand_built_rollout(policy: PPOPolicy, config: PPOConfig = CONFIG) -> Rollout
     tokens = torch.tensor([[30, 31, EOS, PAD, PAD], [40, 41, 42, 43, 44]])
     lengths = torch.tensor([3, 5])
     response = (tokens, response_mask(lengths, 5))
-    scores = penalise_missing_eos(torch.tensor([0.5, 0.5]), ends_with_eos(tokens, lengths, EOS), -1)
+    scores = penalise_missing_eos(torch.tensor([0.5, 0.5]), ends_with_eos(tokens, lengths, EOS), 1)
     return build_rollout(policy, prompt, response, scores, kl_coef=0.1, config=config)
 
 
@@ -211,17 +212,58 @@ def test_the_kl_penalty_compares_with_the_reference_and_the_score_lands_on_the_l
     log_ratio = rollout.logprobs - rollout.ref_logprobs
     assert torch.equal(rollout.rewards[1, :4], -0.1 * log_ratio[1, :4])
     torch.testing.assert_close(rollout.rewards[0, 2], -0.1 * log_ratio[0, 2] + 0.5)
-    torch.testing.assert_close(rollout.rewards[1, 4], -0.1 * log_ratio[1, 4] - 1.0)
+    torch.testing.assert_close(rollout.rewards[1, 4], -0.1 * log_ratio[1, 4] - 0.5)
     assert (rollout.rewards[0, 3:] == 0).all()
     for before, after in zip(reference, policy.reference.parameters(), strict=True):
         assert torch.equal(before, after)
 
 
-def test_a_response_without_eos_gets_the_fixed_penalty_instead_of_its_score() -> None:
+def test_a_response_without_eos_has_the_penalty_subtracted_from_its_score() -> None:
     rollout = hand_built_rollout(tiny_policy())
-    assert rollout.scores.tolist() == [0.5, -1.0]
+    assert rollout.scores.tolist() == [0.5, -0.5]
     no_penalty = penalise_missing_eos(torch.tensor([0.5, 0.5]), torch.tensor([True, False]), None)
     assert no_penalty.tolist() == [0.5, 0.5]
+    # When no response ends, their scores still tell them apart: PPO can still learn.
+    unended = penalise_missing_eos(torch.tensor([0.25, 0.75]), torch.tensor([False, False]), 1.0)
+    assert unended.tolist() == [-0.75, -0.25]
+
+
+def test_value_gradients_reach_the_critic_and_never_the_policy() -> None:
+    policy = tiny_policy()
+    rollout = hand_built_rollout(policy)
+    out = policy(*rollout.sequences(), rollout.prompt_width)
+    out.values.sum().backward()
+    assert all(p.grad is None for p in policy.policy.parameters())
+    assert all(p.grad is not None for p in policy.critic.parameters())
+    assert not {p.data_ptr() for p in policy.critic.parameters()} & {
+        p.data_ptr() for p in policy.policy.parameters()
+    }
+
+
+def test_scores_are_normalised_by_the_initial_policys_samples() -> None:
+    def far_from_zero(prompts: list[str], responses: list[str]) -> Tensor:
+        return torch.tensor([100.0 + 10.0 * len(response) for response in responses])
+
+    config = dataclasses.replace(CONFIG, steps=2, normalization_samples=16, no_eos_penalty=None)
+    result = train_ppo(tiny_policy(), far_from_zero, TOKENIZER, PROMPTS, config)
+    assert all(abs(row["score"]) < 3.0 for row in result.history)
+    raw = train_ppo(
+        tiny_policy(),
+        far_from_zero,
+        TOKENIZER,
+        PROMPTS,
+        dataclasses.replace(config, normalization_samples=0),
+    )
+    assert all(row["score"] > 100.0 for row in raw.history)
+
+
+def test_prompts_keep_only_their_last_max_prompt_length_tokens() -> None:
+    config = dataclasses.replace(CONFIG, max_prompt_length=3)
+    rollout, sampled, _ = collect_rollout(
+        tiny_policy(), constant_scorer(1.0), TOKENIZER, PROMPTS, kl_coef=0.1, config=config
+    )
+    assert rollout.prompt_width == 3
+    assert sampled.prompt_ids[1] == TOKENIZER.encode("hello there")[-3:]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -250,6 +292,7 @@ def test_a_step_changes_the_trainable_parameters_and_leaves_the_reference_alone(
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert "value_head.weight" in changed
     assert any(name.startswith("policy.layers.") for name in changed)
+    assert any(name.startswith("critic.layers.") for name in changed)
     assert not any(name.startswith("reference.") for name in changed)
 
 
@@ -260,7 +303,8 @@ def test_with_lora_only_adapters_and_value_head_change_and_the_reference_is_the_
     run_update(policy)
     after = snapshot(policy)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all("adapters.policy" in name or "value_head" in name for name in changed)
+    trained = ("adapters.policy", "value_head", "critic.")
+    assert changed and all(any(part in name for part in trained) for name in changed)
     assert any("adapters.policy" in name for name in changed)
     tokens, mask = rollout.sequences()
     ref_after = policy.reference_logprobs(tokens, mask, rollout.prompt_width)
@@ -303,13 +347,22 @@ def test_gradient_accumulation_equals_the_whole_minibatch_with_unequal_lengths()
     assert accumulated_stats["loss"] == pytest.approx(whole_stats["loss"], rel=1e-5)
 
 
-def test_a_reward_model_drives_the_run_and_initialises_the_value_head() -> None:
+def test_a_reward_model_drives_the_run_and_its_copy_is_the_critic() -> None:
     torch.manual_seed(1)
-    reward_model = RewardModel(PaLM(MODEL))
-    policy = PPOPolicy(PaLM(MODEL), value_head_from_reward(reward_model))
-    config = dataclasses.replace(CONFIG, steps=1, missing_eos_penalty=None)
+    reward_model = plumbing_reward_model(MODEL)
+    critic = critic_from_reward(reward_model)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(critic[0].parameters(), reward_model.backbone.parameters(), strict=True)
+    )
+    policy = PPOPolicy(PaLM(MODEL), critic)
+    config = dataclasses.replace(CONFIG, steps=1, no_eos_penalty=None)
     result = train_ppo(policy, reward_model, TOKENIZER, PROMPTS, config)
-    assert math.isfinite(result.metrics["score"]) and result.metrics["score"] != 0.0
+    assert math.isfinite(result.metrics["score"]) and result.metrics["score_std"] > 0.0
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(critic[0].parameters(), reward_model.backbone.parameters(), strict=True)
+    )
 
 
 def test_a_tiny_target_kl_stops_the_update_after_the_first_step() -> None:
@@ -498,7 +551,7 @@ def run_ppo_command(*argv: str) -> None:
 def test_the_ppo_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "policy", PaLM(MODEL), TOKENIZER)
-    save_reward_model(tmp_path / "reward", RewardModel(PaLM(MODEL)), TOKENIZER)
+    save_reward_model(tmp_path / "reward", plumbing_reward_model(MODEL), TOKENIZER)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [*PROMPTS, ""]))
     out = tmp_path / "run"

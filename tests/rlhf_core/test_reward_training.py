@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_core import reward_training
 from rlhf_core.checkpoint import save_checkpoint
+from rlhf_core.losses import ranking_loss
 from rlhf_core.palm import PaLM, PaLMConfig
 from rlhf_core.records import LikertRating, PairwisePreference, Ranking, Rewrite, write_records
 from rlhf_core.reward import RewardHeadConfig, RewardModel
@@ -16,21 +18,26 @@ from rlhf_core.reward_io import load_reward_model, save_reward_model
 from rlhf_core.reward_labels import (
     LabelLossConfig,
     LabelRecord,
+    LikertItem,
     PairItem,
+    RankingItem,
     RewardTrainingError,
     Scores,
+    batch_loss,
+    bootstrap_counts,
     expected_calibration_error,
-    label_losses,
+    heads_trained_by,
+    item_losses,
     reward_metrics,
     score_items,
     split_by_prompt,
     to_items,
-    total_loss,
 )
 from rlhf_core.reward_training import (
     RewardTrainingConfig,
     add_train_reward_command,
     evaluate_reward_model,
+    heads_for,
     train_reward_model,
 )
 from rlhf_core.simulation import annotator_panel
@@ -99,52 +106,110 @@ def test_the_split_is_by_prompt_deterministic_and_disjoint() -> None:
 
 def test_records_become_items_with_margins_weights_and_bins() -> None:
     items = to_items(MIXED, RewardHeadConfig(), QUICK.losses)
-    pairs = [item for item in items if isinstance(item, PairItem)]
-    assert [item.source for item in pairs] == ["pairwise"] * 2 + ["ranking"] * 3 + ["rewrite"]
-    assert (
-        pairs[0].margin == QUICK.losses.tie_threshold + QUICK.losses.strength_margin
-    )  # strength 2
-    assert pairs[2].weight == pytest.approx(1 / 3)  # a ranking of 3 weighs as one pair
-    assert (pairs[5].first, pairs[5].second) == ("ebc", "abc")  # the rewrite is preferred
-    assert items[-1].labels == (3,)  # type: ignore[union-attr]
+    assert [type(item) for item in items] == [
+        PairItem,
+        PairItem,
+        RankingItem,
+        PairItem,
+        LikertItem,
+    ]
+    first, _, ranking, rewrite, rating = items
+    assert isinstance(first, PairItem) and isinstance(rewrite, PairItem)
+    assert first.margin == QUICK.losses.tie_threshold + QUICK.losses.strength_margin  # grade 2
+    assert isinstance(ranking, RankingItem) and ranking.weight == 1.0  # whole, one label
+    assert ranking.responses == ("eee", "eab", "abc")
+    assert (rewrite.first, rewrite.second, rewrite.source) == ("ebc", "abc", "rewrite")
+    assert isinstance(rating, LikertItem) and rating.labels == (3,)
     with pytest.raises(RewardTrainingError, match="bins"):
         to_items([LikertRating("p", "r", {"overall": 1}, (0, 9))], RewardHeadConfig(), QUICK.losses)
     with pytest.raises(RewardTrainingError, match="not among"):
         to_items([LikertRating("p", "r", {"tone": 1}, (1, 5))], RewardHeadConfig(), QUICK.losses)
 
 
-def test_a_mixed_batch_calls_every_loss_and_zero_weights_silence_a_kind() -> None:
+def test_every_kind_of_label_trains_and_a_zero_weight_silences_its_kind() -> None:
     model = reward_model()
     items = to_items(MIXED, model.config, QUICK.losses)
-    losses = label_losses(score_items(model, TOKENIZER, items, None), items, QUICK.losses)
-    assert set(losses) == {"pairwise", "ranking", "rewrite", "tie", "both_bad", "likert"}
-    total_loss(losses, QUICK.losses).backward()
+    losses = item_losses(score_items(model, TOKENIZER, items, None), items, QUICK.losses)
+    assert bool((losses > 0).all())
+    batch_loss(
+        score_items(model, TOKENIZER, items, None), items, QUICK.losses, mean_weight=1.0
+    ).backward()
     assert model.likert_head is not None and model.likert_head.weight.grad is not None
     assert model.likert_head.weight.grad.abs().sum() > 0
 
     model.zero_grad(set_to_none=True)
     no_likert = LabelLossConfig(loss_weights={"likert": 0.0})
-    losses = label_losses(score_items(model, TOKENIZER, items, None), items, no_likert)
-    assert "likert" not in losses
-    total_loss(losses, no_likert).backward()
+    scores = score_items(model, TOKENIZER, items, None)
+    assert item_losses(scores, items, no_likert)[-1].abs().sum() == 0
+    batch_loss(scores, items, no_likert, mean_weight=1.0).backward()
     # Rewards come from the scalar head, so only the Likert loss reaches the Likert head.
-    assert model.likert_head.weight.grad is None
+    grad = model.likert_head.weight.grad
+    assert grad is None or grad.abs().sum() == 0
+
+
+def pair(first: str, second: str, *, tie: bool = False) -> PairItem:
+    return PairItem("p", first, second, "pairwise", 0.5, tie=tie, both_bad=False, weight=1.0)
+
+
+def gradient_of_first_item(items: list[PairItem]) -> torch.Tensor:
+    """d batch loss / d (the first item's two rewards), rewards given by hand."""
+    rewards = torch.tensor(
+        [float(index % 3) for index in range(2 * len(items))], requires_grad=True
+    )
+    scores = Scores(
+        rewards, rewards[:, None], None, [range(2 * i, 2 * i + 2) for i in range(len(items))]
+    )
+    batch_loss(scores, items, QUICK.losses, mean_weight=1.0).backward()
+    assert rewards.grad is not None
+    return rewards.grad[:2]
+
+
+def test_an_item_weighs_the_same_whatever_else_is_in_its_batch() -> None:
+    tie = pair("a", "b", tie=True)
+    among_pairs = gradient_of_first_item([tie] + [pair("c", "d")] * 15)
+    among_ties = gradient_of_first_item([tie] + [pair("c", "d", tie=True)] * 15)
+    torch.testing.assert_close(among_pairs, among_ties)
+    # ... and as much as one strict pair of the batch: 1/16 of it, not a kind's whole mean.
+    alone = gradient_of_first_item([tie])
+    torch.testing.assert_close(among_pairs, alone / 16)
+
+
+def test_a_ranking_trains_as_one_item_with_the_ranking_loss() -> None:
+    model = reward_model()
+    (item,) = to_items([Ranking("p", ("eee", "eab", "abc"))], model.config, QUICK.losses)
+    scores = score_items(model, TOKENIZER, [item], None)
+    expected = ranking_loss(scores.rewards[None], torch.arange(3)[None], margin=0.5)
+    torch.testing.assert_close(item_losses(scores, [item], QUICK.losses)[0, 0], expected)
+
+
+def test_each_ensemble_member_trains_on_its_own_bootstrap_resample() -> None:
+    counts = bootstrap_counts(1000, 4, seed=0)
+    assert counts.shape == (1000, 4) and abs(counts.mean().item() - 1.0) < 0.1
+    assert not torch.equal(counts[:, 0], counts[:, 1])
+    assert torch.equal(counts, bootstrap_counts(1000, 4, seed=0))
+    assert torch.equal(bootstrap_counts(5, 1, seed=0), torch.ones(5, 1))
+    items = [pair("a", "b"), pair("c", "d")]
+    rewards = torch.zeros(4, 2, requires_grad=True)
+    scores = Scores(rewards.mean(dim=1), rewards, None, [range(0, 2), range(2, 4)])
+    only_first = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    batch_loss(scores, items, QUICK.losses, mean_weight=1.0, counts=only_first).backward()
+    assert rewards.grad is not None
+    assert rewards.grad[:, 0].abs().sum() > 0 and rewards.grad[:, 1].abs().sum() == 0
 
 
 def test_metrics_on_a_hand_made_case() -> None:
-    pairs = [
-        PairItem("p", "a", "b", "pairwise", 0.0, tie=False, both_bad=False, weight=1.0),
-        PairItem("p", "a", "b", "pairwise", 0.0, tie=False, both_bad=False, weight=1.0),
-        PairItem("p", "a", "b", "pairwise", 0.0, tie=True, both_bad=False, weight=1.0),
-    ]
-    first, second = torch.tensor([2.0, 0.0, 9.0]), torch.tensor([0.0, 1.0, 0.0])
+    pairs = [pair("a", "b"), pair("a", "b"), pair("a", "b", tie=True)]
+    rewards = torch.tensor([2.0, 0.0, 0.0, 1.0, 9.0, 0.0, 0.0])
     # One Likert item over bins 1..3 rated 3 (index 2): argmax bin 2, expected 0.25·2+0.75·3.
-    logits = torch.log(torch.tensor([[[0.0, 0.25, 0.75]]]))
+    logits = torch.log(torch.tensor([[[0.0, 0.25, 0.75]]] * 7))
     ratings = to_items(
         [LikertRating("p", "r", {"overall": 3}, (1, 3))], RewardHeadConfig(bins=3), QUICK.losses
     )
+    rows = [range(0, 2), range(2, 4), range(4, 6), range(6, 7)]
     metrics = reward_metrics(
-        Scores(first, second, logits), [*pairs, *ratings], torch.tensor([1.0, 2.0, 3.0])
+        Scores(rewards, rewards[:, None], logits, rows),
+        [*pairs, *ratings],
+        torch.tensor([1.0, 2.0, 3.0]),
     )
     assert metrics["pairwise_accuracy"] == 0.5  # the tie is left out
     p_right, p_wrong = (
@@ -163,6 +228,30 @@ def test_a_perfectly_calibrated_bin_has_no_calibration_error() -> None:
     assert expected_calibration_error(p_first) == pytest.approx(0.0)
 
 
+def test_likert_labels_alone_give_a_likert_only_model_whose_reward_is_the_expected_score() -> None:
+    ratings = [r for r in simulated_labels(30, noise=0.0) if isinstance(r, LikertRating)]
+    heads = heads_for(ratings)
+    assert not heads.pairwise and heads.attributes == ("overall",)
+    assert heads_for(MIXED).pairwise
+    model = reward_model(heads)
+    train_reward_model(model, TOKENIZER, ratings, QUICK)
+    assert model.trained_heads == frozenset({"likert"})
+    batch = to_items(ratings[:4], heads, QUICK.losses)
+    scores = score_items(model.eval(), TOKENIZER, batch, None)
+    assert scores.likert_logits is not None and scores.members is None
+    raw = model.score([r.prompt for r in ratings[:4]], [r.response for r in ratings[:4]], TOKENIZER)
+    expected = model.normalized(scores.rewards)
+    torch.testing.assert_close(raw, expected)
+
+
+def test_a_pairwise_head_no_label_can_train_is_refused() -> None:
+    ratings = [r for r in simulated_labels(30, noise=0.0) if isinstance(r, LikertRating)]
+    with pytest.raises(RewardTrainingError, match="trains this model's scalar head"):
+        train_reward_model(reward_model(), TOKENIZER, ratings, QUICK)
+    items = to_items(ratings, RewardHeadConfig(), QUICK.losses)
+    assert heads_trained_by(items, QUICK.losses) == frozenset({"likert"})
+
+
 class Recorder(TrainingCallback):
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
@@ -175,11 +264,22 @@ class Recorder(TrainingCallback):
         self.evals.append(dict(metrics))
 
 
-def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
-    records = simulated_labels(30, noise=0.05)
-    # A learning rate far too high makes the held-out loss worse after the first epoch.
+def test_early_stopping_restores_the_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scripted held-out losses: best at epoch 2, then two worse epochs exhaust patience 2.
+    scripted = iter([0.9, 0.5, 0.7, 0.8, 0.1, 0.1])
+    weights_seen: list[torch.Tensor] = []
+    real = reward_training.evaluate_items
+
+    def evaluate(model: RewardModel, *args: object, **kwargs: object) -> dict[str, float]:
+        assert model.scalar_head is not None
+        weights_seen.append(model.scalar_head.weight.detach().clone())
+        return {**real(model, *args, **kwargs), "loss": next(scripted)}  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reward_training, "evaluate_items", evaluate)
     config = RewardTrainingConfig(
-        lr=0.5,
+        lr=3e-3,
         batch_size=8,
         epochs=6,
         warmup_steps=0,
@@ -190,17 +290,17 @@ def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
     )
     recorder = Recorder()
     model = reward_model()
-    result = train_reward_model(model, TOKENIZER, records, config, callback=recorder)
-    losses = [row["loss"] for row in result.history]
-    assert result.best_epoch == 1 + losses.index(min(losses))
-    assert result.stopped_early and result.epochs == result.best_epoch + 2 < 6
-    _, held = split_by_prompt(records, 0.3)
-    assert evaluate_reward_model(model, TOKENIZER, held, config)["loss"] == pytest.approx(
-        min(losses)
+    result = train_reward_model(
+        model, TOKENIZER, simulated_labels(30, noise=0.05), config, callback=recorder
     )
+    assert result.best_epoch == 2
+    assert result.stopped_early and result.epochs == 4
+    assert model.scalar_head is not None
+    assert torch.equal(model.scalar_head.weight, weights_seen[1])
+    assert not torch.equal(model.scalar_head.weight, weights_seen[3])
     rows = [json.loads(line) for line in config.log_file.read_text().splitlines()]  # type: ignore[union-attr]
     assert len(rows) == len(recorder.steps) + len(recorder.evals) == result.steps + result.epochs
-    assert recorder.evals[0]["val_loss"] == losses[0]
+    assert [row["val_loss"] for row in recorder.evals] == [0.9, 0.5, 0.7, 0.8]
 
 
 def test_a_callback_can_stop_the_run() -> None:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from rlhf_core.corpus import find_source_files
 from rlhf_core.data import prepare_dataset
-from rlhf_core.palm import PaLMConfig
+from rlhf_core.palm import PaLM, PaLMConfig
+from rlhf_core.reward import RewardHeadConfig, RewardModel
 from rlhf_core.tokenizer import Tokenizer
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
@@ -33,3 +34,11 @@ def prepare_tiny_dataset(directory: Path) -> Path:
 def small_model(num_tokens: int = 258) -> PaLMConfig:
     """Smaller than the `tiny` preset, for tests that train but need not learn much."""
     return PaLMConfig(num_tokens=num_tokens, dim=32, depth=2, heads=2, dim_head=16)
+
+
+def plumbing_reward_model(config: PaLMConfig, heads: RewardHeadConfig | None = None) -> RewardModel:
+    """A randomly initialised reward model whose heads count as trained, so that it scores:
+    for tests of what happens with scores, not of learning them."""
+    model = RewardModel(PaLM(config), heads)
+    model.trained_heads = frozenset({"scalar", "likert"})
+    return model

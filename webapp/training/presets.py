@@ -52,13 +52,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "Seconds on a CPU; for tests, learns little",
         "pretrain": {"steps": 4, "batch_size": 4, "eval_every": 2},
         "sft": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "max_length": 96},
-        "reward": {"epochs": 1, "max_steps": 4, "batch_size": 4, "lr": 3e-3, "max_length": 96},
+        "reward": {"epochs": 1, "max_steps": 4, "batch_size": 4, "lr": 3e-3},
         "ppo": {
             "steps": 2,
             "rollout_batch_size": 4,
             "minibatch_size": 4,
             "max_new_tokens": 8,
-            "missing_eos_penalty": None,
+            "no_eos_penalty": None,
+            "normalization_samples": 4,
             "ppo_epochs": 1,
             "checkpoint_every": 1,
             "lr": 1e-4,
@@ -76,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The simulated loop (workers/simulation.py) labels all 60 blind pairs of the base model's
         # samples before its round (see "generate"): fewer distinct pairs left the reward model
         # guessing, and PPO then optimised noise (new versions won about half the votes).
-        "reward": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "max_length": 160},
+        "reward": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
         "ppo": {
             "steps": 40,
             "rollout_batch_size": 8,
@@ -84,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_new_tokens": 32,
             # The Shakespeare model never ends a reply within 32 tokens: a penalty for a missing
             # end of sequence would replace every score, and PPO would learn nothing.
-            "missing_eos_penalty": None,
+            "no_eos_penalty": None,
             "ppo_epochs": 2,
             "checkpoint_every": 2,
             "lr": 1e-4,
