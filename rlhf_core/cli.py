@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from rlhf_core.checkpoint import CheckpointError
@@ -21,13 +22,16 @@ from rlhf_core.commands import (
 from rlhf_core.corpus import DataError
 from rlhf_core.data import add_prepare_data_command
 from rlhf_core.demo import add_demo_command
+from rlhf_core.diagnostics import LearningWarning
 from rlhf_core.dpo import add_dpo_command
 from rlhf_core.evaluation import add_best_of_n_command, add_evaluate_command
 from rlhf_core.finetuning import FineTuneError
 from rlhf_core.ppo import PPOError
 from rlhf_core.ppo_command import add_ppo_command
 from rlhf_core.pretrain import PretrainError
+from rlhf_core.recipes import add_recipe_command
 from rlhf_core.records import RecordError
+from rlhf_core.rejection_sampling import add_rejection_sampling_command
 from rlhf_core.reward_labels import RewardTrainingError
 from rlhf_core.reward_training import add_train_reward_command
 from rlhf_core.sft import add_sft_command
@@ -44,8 +48,10 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     add_train_reward_command,
     add_dpo_command,
     add_ppo_command,
+    add_rejection_sampling_command,
     add_evaluate_command,
     add_best_of_n_command,
+    add_recipe_command,
 )
 # OSError covers what the file system says (permission denied, disk full, a file where a directory
 # should be): the user's to fix, so a message rather than a traceback.
@@ -78,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            # The training commands print their trainers' warnings as "warning: ..." lines.
+            warnings.simplefilter("ignore", LearningWarning)
+            args.run(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

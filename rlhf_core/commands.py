@@ -1,13 +1,20 @@
-"""The training and inference commands: `pretrain`, `generate` and `import-checkpoint`.
+"""The training and inference commands: `pretrain`, `generate` and `import-checkpoint`, and
+what every command shares: the recipe of the model it loads and the trainers' warnings.
 
 They only translate options into calls of `rlhf_core.pretrain`, `rlhf_core.generation` and
 `rlhf_core.checkpoint`; see `rlhf_core.cli` for how commands register and report errors.
+A command's options that set a recipe's setting default to None, and the settings it uses are
+`dataclasses.replace(recipe.<section>, **given_options(args, names))`, the recipe being the one
+for the size of the model it loads (`checkpoint_recipe`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -16,10 +23,13 @@ import torch
 from accelerate import PartialState
 
 from rlhf_core.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
     config_fields,
     import_reference_checkpoint,
     load_checkpoint,
     palm_config_from_dict,
+    read_model_config,
 )
 from rlhf_core.data import read_split_metadata
 from rlhf_core.generation import Sampler, generate
@@ -34,13 +44,44 @@ from rlhf_core.pretrain import (
 from rlhf_core.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
+    from rlhf_core.recipes import Recipe
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+# The help of an option that defaults to the recipe's setting for the model a command loads.
+FROM_RECIPE = "(default: the recipe's; see `python -m rlhf_core recipe --base CKPT`)"
+# The options that set a field of the recipe's `sampling` of the same name.
+SAMPLING_OPTIONS = ("temperature", "top_p", "max_new_tokens")
 # The architecture flags of import-checkpoint, each a PaLMConfig field of the same name.
 _ARCHITECTURE_FLAGS = ("num_tokens", "dim", "depth", "heads", "dim_head")
 
 
 class CommandLineError(Exception):
     """An option that parses but cannot be used, e.g. a --config that PaLMConfig refuses."""
+
+
+def checkpoint_recipe(directory: Path) -> Recipe:
+    """The recipe (`rlhf_core.recipes`) for the size of the PaLM checkpoint at `directory`, read
+    from its config alone: a command knows its settings, and refuses bad ones, before the
+    (slow) load of the weights."""
+    if not directory.is_dir():
+        raise CheckpointError("no such checkpoint directory", directory)
+    # Imported here rather than above: recipes imports the trainers, whose commands import this.
+    from rlhf_core import recipes
+
+    return recipes.recipe_for(read_model_config(directory / CONFIG_FILE))
+
+
+def given_options(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The options among `names` that the command line set; those left out are None, and the
+    settings they stand for keep the recipe's values."""
+    values = {name: getattr(args, name) for name in names}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def print_warnings(messages: Iterable[str]) -> None:
+    """A trainer's warnings (`rlhf_core.diagnostics`), one line each on stderr."""
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def add_pretrain_command(subparsers: Subparsers) -> None:
@@ -174,12 +215,12 @@ def add_generate_command(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--prompt", action="append", required=True, metavar="TEXT", help="repeat for a batch"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N", help=FROM_RECIPE)
     parser.add_argument(
-        "--temperature", type=float, default=1.0, metavar="T", help="0 for greedy decoding"
+        "--temperature", type=float, metavar="T", help=f"0 for greedy decoding {FROM_RECIPE}"
     )
     parser.add_argument("--top-k", type=int, metavar="K")
-    parser.add_argument("--top-p", type=float, metavar="P")
+    parser.add_argument("--top-p", type=float, metavar="P", help=FROM_RECIPE)
     parser.add_argument("--min-p", type=float, metavar="P")
     parser.add_argument("--repetition-penalty", type=float, metavar="F")
     parser.add_argument("--seed", type=int, metavar="N", help="for reproducible samples")
@@ -188,10 +229,12 @@ def add_generate_command(subparsers: Subparsers) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
+    recipe = checkpoint_recipe(args.checkpoint)
+    chosen = dataclasses.replace(recipe.sampling, **given_options(args, SAMPLING_OPTIONS))
     sampling = {
-        "temperature": args.temperature,
+        "temperature": chosen.temperature,
         "top_k": args.top_k,
-        "top_p": args.top_p,
+        "top_p": chosen.top_p,
         "min_p": args.min_p,
         "repetition_penalty": args.repetition_penalty,
     }
@@ -199,7 +242,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         Sampler(**sampling)  # checks the values before the (slow) checkpoint load
     except ValueError as error:
         raise CommandLineError(str(error)) from error
-    if args.max_new_tokens < 1:
+    if chosen.max_new_tokens < 1:
         raise CommandLineError("--max-new-tokens must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(args.checkpoint, device=device)
@@ -209,7 +252,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     generation = generate(
         checkpoint.model,
         prompts,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=chosen.max_new_tokens,
         eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.pad_id,
         seed=args.seed,

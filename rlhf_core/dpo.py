@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhf_core.checkpoint import load_checkpoint
+from rlhf_core.commands import FROM_RECIPE, checkpoint_recipe, given_options
 from rlhf_core.finetuning import (
     FineTuneConfig,
     FineTuneError,
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 LORA_SCOPE = "dpo"
+# The dpo command's options that set a DPOConfig field beside the shared fine-tuning ones.
+_DPO_OPTIONS = ("beta", "label_smoothing", "weight_by_strength")
 
 
 @dataclass(frozen=True)
@@ -287,21 +290,27 @@ def add_dpo_command(subparsers: Subparsers) -> None:
     parser.add_argument("--pairs", type=Path, required=True, metavar="FILE", help=".jsonl/.parquet")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new checkpoint")
     parser.add_argument("--reference", type=Path, metavar="CKPT", help="default: --base")
-    defaults = DPOConfig()
-    parser.add_argument("--beta", type=float, default=defaults.beta, metavar="F")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, metavar="F")
-    parser.add_argument("--weight-by-strength", action="store_true")
-    add_finetune_options(parser, defaults)
+    parser.add_argument(
+        "--beta", type=float, metavar="F", help=f"strength of the KL constraint {FROM_RECIPE}"
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        metavar="F",
+        help=f"probability that a label is flipped {FROM_RECIPE}",
+    )
+    parser.add_argument(
+        "--weight-by-strength",
+        action=argparse.BooleanOptionalAction,
+        help=f"weigh each pair by its strength grade {FROM_RECIPE}",
+    )
+    add_finetune_options(parser)
     parser.set_defaults(run=_run_dpo)
 
 
 def _run_dpo(args: argparse.Namespace) -> None:
-    config = DPOConfig(
-        beta=args.beta,
-        label_smoothing=args.label_smoothing,
-        weight_by_strength=args.weight_by_strength,
-        **finetune_options(args),
-    )
+    options = {**finetune_options(args), **given_options(args, _DPO_OPTIONS)}
+    config = replace(checkpoint_recipe(args.base).dpo, **options)
     pairs = pairs_from(read_records(args.pairs))
     if not pairs:
         raise FineTuneError(f"{args.pairs}: no pairwise, ranking or rewrite records")

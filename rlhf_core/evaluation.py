@@ -9,6 +9,7 @@ prompt's samples share one `generate` call and two policies' rows pair up by (pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from rlhf_core.checkpoint import load_checkpoint
-from rlhf_core.commands import CommandLineError
+from rlhf_core.commands import (
+    FROM_RECIPE,
+    SAMPLING_OPTIONS,
+    CommandLineError,
+    checkpoint_recipe,
+    given_options,
+)
 from rlhf_core.corpus import atomic_output
 from rlhf_core.generation import generate, left_pad
 from rlhf_core.losses import sequence_logprobs
@@ -33,6 +40,8 @@ from rlhf_core.rollout import Scorer, response_mask, response_texts, reward_mode
 from rlhf_core.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from rlhf_core.recipes import SamplingDefaults
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 WILSON_Z = 1.959964  # two-sided 95%
@@ -345,30 +354,39 @@ def add_best_of_n_command(subparsers: Subparsers) -> None:
     _add_common_options(parser)
     parser.add_argument("--prompt", action="append", required=True, help="repeat for more")
     parser.add_argument("--n", type=int, default=8, help="(default: 8)")
-    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-p", type=float, help=FROM_RECIPE)
     parser.set_defaults(run=_run_best_of_n)
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", type=Path, required=True, metavar="RM_DIR")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="(default: 64)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--max-new-tokens", type=int, help=FROM_RECIPE)
+    parser.add_argument("--temperature", type=float, help=FROM_RECIPE)
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
 
 
-def _check_options(args: argparse.Namespace, count: str) -> None:
-    """Refuse bad values before the (slow) loads; `count` names the samples-per-prompt option."""
-    names = (count, "max_new_tokens", "batch_size")
-    bad = [f"--{name.replace('_', '-')} must be >= 1" for name in names if getattr(args, name) < 1]
-    if args.temperature < 0:
+def _sampling(args: argparse.Namespace, count: str, names: Sequence[str]) -> SamplingDefaults:
+    """The recipe's sampling for --policy with the options among `names` that were given,
+    checked before the (slow) loads; `count` names the samples-per-prompt option."""
+    recipe = checkpoint_recipe(args.policy)
+    sampling = dataclasses.replace(recipe.sampling, **given_options(args, names))
+    counts = {
+        count: getattr(args, count),
+        "max_new_tokens": sampling.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+    bad = [
+        f"--{name.replace('_', '-')} must be >= 1" for name, value in counts.items() if value < 1
+    ]
+    if sampling.temperature < 0:
         bad.append("--temperature must be >= 0")
-    top_p = getattr(args, "top_p", None)
-    if top_p is not None and not 0 < top_p <= 1:
+    if sampling.top_p is not None and not 0 < sampling.top_p <= 1:
         bad.append("--top-p must be in (0, 1]")
     if bad:
         raise CommandLineError("; ".join(bad))
+    return sampling
 
 
 def _load_scorer(args: argparse.Namespace, device: str) -> Scorer:
@@ -378,7 +396,8 @@ def _load_scorer(args: argparse.Namespace, device: str) -> Scorer:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    _check_options(args, "samples_per_prompt")
+    # evaluate_policy and compare_policies sample without a nucleus: the recipe's top_p is unused.
+    sampling = _sampling(args, "samples_per_prompt", ("temperature", "max_new_tokens"))
     prompts = read_prompts(args.prompts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(args.policy, device=device)
@@ -386,8 +405,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if args.reference is not None:
         reference = load_checkpoint(args.reference, device=device).model
     options = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
         "seed": args.seed,
         "samples_per_prompt": args.samples_per_prompt,
         "batch_size": args.batch_size,
@@ -420,7 +439,7 @@ def _describe(name: str, evaluation: PolicyEvaluation) -> str:
 
 
 def _run_best_of_n(args: argparse.Namespace) -> None:
-    _check_options(args, "n")
+    sampling = _sampling(args, "n", SAMPLING_OPTIONS)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(args.policy, device=device)
     results = best_of_n(
@@ -429,9 +448,9 @@ def _run_best_of_n(args: argparse.Namespace) -> None:
         args.prompt,
         _load_scorer(args, device),
         n=args.n,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
         seed=args.seed,
         batch_size=args.batch_size,
     )

@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from torch import Tensor, nn
 
 from rlhf_core.checkpoint import CheckpointMetadata, save_checkpoint
+from rlhf_core.commands import FROM_RECIPE, given_options
 from rlhf_core.lora import add_lora, lora_layers, set_active_scope, train_only_last_layers
 from rlhf_core.optim import build_adamw, warmup_cosine_schedule
 from rlhf_core.palm import PaLM
@@ -250,35 +251,40 @@ def _scalars(metrics: Mapping[str, float]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
-# The command-line side, shared by the sft and dpo commands.
+# The command-line side, shared by the sft, dpo and rejection-sampling commands.
 
 
-def add_finetune_options(parser: argparse.ArgumentParser, defaults: FineTuneConfig) -> None:
-    """An option for every `FineTuneConfig` field, with the trainer's defaults."""
-    parser.add_argument("--lr", type=float, default=defaults.lr, metavar="F")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, metavar="N")
-    parser.add_argument("--steps", dest="max_steps", type=int, metavar="N", help="over --epochs")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, metavar="N")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, metavar="F")
+def add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    """An option for every `FineTuneConfig` field; those left out keep the recipe's value."""
+
+    def option(flag: str, kind: type[int] | type[float], text: str, **extra: Any) -> None:
+        metavar = "N" if kind is int else "F"
+        parser.add_argument(flag, type=kind, metavar=metavar, help=f"{text} {FROM_RECIPE}", **extra)
+
+    option("--lr", float, "peak learning rate")
+    option("--batch-size", int, "records per optimizer step")
+    option("--epochs", int, "passes over the records")
+    option("--steps", int, "optimizer steps, over --epochs", dest="max_steps")
+    option("--warmup-steps", int, "steps of linear warm-up")
+    option("--weight-decay", float, "AdamW decay")
+    option("--grad-clip", float, "max gradient norm, 0 for none")
+    option("--max-length", int, "tokens of prompt + response, the prompt cut first")
+    option("--seed", int, "random seed")
     parser.add_argument(
-        "--grad-clip", type=float, default=defaults.grad_clip, metavar="F", help="0 for none"
+        "--mixed-precision", choices=get_args(MixedPrecision), help=f"autocast {FROM_RECIPE}"
     )
-    parser.add_argument("--max-length", type=int, default=defaults.max_length, metavar="N")
-    parser.add_argument("--seed", type=int, default=defaults.seed, metavar="N")
-    parser.add_argument(
-        "--mixed-precision", choices=get_args(MixedPrecision), default=defaults.mixed_precision
-    )
-    parser.add_argument("--lora-rank", type=int, metavar="R", help="train LoRA adapters only")
-    parser.add_argument("--lora-alpha", type=float, default=defaults.lora_alpha, metavar="F")
-    parser.add_argument("--train-last-layers", type=int, metavar="N")
+    option("--lora-rank", int, "train LoRA adapters of this rank only")
+    option("--lora-alpha", float, "LoRA scale numerator")
+    option("--train-last-layers", int, "train only the last N blocks")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help="metrics as JSON lines")
 
 
 def finetune_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `FineTuneConfig` fields that `add_finetune_options` parsed, by name."""
-    options = {item.name: getattr(args, item.name) for item in fields(FineTuneConfig)}
-    options["grad_clip"] = options["grad_clip"] or None
+    """The `FineTuneConfig` fields that the command line set (`add_finetune_options`), by name:
+    merge them over the recipe's config."""
+    options = given_options(args, (item.name for item in fields(FineTuneConfig)))
+    if options.get("grad_clip") == 0:
+        options["grad_clip"] = None
     return options
 
 

@@ -12,11 +12,12 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
 from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
+from rlhf_core.commands import FROM_RECIPE, checkpoint_recipe, given_options, print_warnings
 from rlhf_core.lora import merge, unmerge
 from rlhf_core.ppo import POLICY_SCOPE, PPOConfig, PPOError, PPOPolicy
 from rlhf_core.ppo_trainer import PPOResult, train_ppo
@@ -29,21 +30,26 @@ from rlhf_core.tokenizer import Tokenizer
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-# Options that set a PPOConfig field of the same name (dashes for underscores).
-_CONFIG_OPTIONS: dict[str, type[int] | type[float]] = {
-    "steps": int,
-    "rollout_batch_size": int,
-    "minibatch_size": int,
-    "grad_accum_steps": int,
-    "ppo_epochs": int,
-    "max_new_tokens": int,
-    "temperature": float,
-    "lr": float,
-    "init_kl_coef": float,
-    "vf_coef": float,
-    "entropy_coef": float,
-    "checkpoint_every": int,
-    "seed": int,
+# Options that set a PPOConfig field of the same name (dashes for underscores), with their help.
+_CONFIG_OPTIONS: dict[str, tuple[type[int] | type[float], str]] = {
+    "steps": (int, "PPO iterations"),
+    "rollout_batch_size": (int, "prompts sampled per iteration"),
+    "minibatch_size": (int, "rollout rows per optimizer step"),
+    "grad_accum_steps": (int, "micro-batches per minibatch"),
+    "ppo_epochs": (int, "passes over each rollout"),
+    "max_new_tokens": (int, "response tokens sampled at most"),
+    "max_prompt_length": (int, "prompt tokens kept, the last ones"),
+    "temperature": (float, "sampling temperature"),
+    "lr": (float, "learning rate"),
+    "init_kl_coef": (float, "initial coefficient of the KL penalty"),
+    "kl_target": (float, "KL per response, in nats, that the adaptive coefficient aims at"),
+    "no_eos_penalty": (float, "subtracted from the score of a response without EOS; 0 disables"),
+    "normalization_samples": (int, "initial-policy samples that fix the score scale; 0: none"),
+    "vf_coef": (float, "weight of the value loss"),
+    "entropy_coef": (float, "weight of the entropy bonus"),
+    "target_kl": (float, "stop an update past this approx-KL"),
+    "checkpoint_every": (int, "iterations between saved run states"),
+    "seed": (int, "random seed"),
 }
 
 
@@ -61,22 +67,18 @@ def add_ppo_command(subparsers: Subparsers) -> None:
         "--prompts", type=Path, required=True, metavar="FILE", help='JSONL rows {"prompt": ...}'
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory")
-    defaults = PPOConfig()
-    for name, kind in _CONFIG_OPTIONS.items():
+    for name, (kind, text) in _CONFIG_OPTIONS.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
-            default=getattr(defaults, name),
-            help="(default: %(default)s)",
+            metavar="N" if kind is int else "F",
+            help=f"{text} {FROM_RECIPE}",
         )
     parser.add_argument(
         "--mixed-precision",
         choices=get_args(MixedPrecision),
-        default=defaults.mixed_precision,
-        help="bf16 autocast with float32 weights; auto: on a CUDA GPU with bf16 (default: "
-        "%(default)s)",
+        help="bf16 autocast with float32 weights; auto: on a CUDA GPU with bf16 " + FROM_RECIPE,
     )
-    parser.add_argument("--target-kl", type=float, help="stop an update past this approx-KL")
     parser.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank only")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.set_defaults(run=_run_ppo)
@@ -98,13 +100,10 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def _config(args: argparse.Namespace) -> PPOConfig:
-    values: dict[str, Any] = {name: getattr(args, name) for name in _CONFIG_OPTIONS}
-    return PPOConfig(**values, target_kl=args.target_kl, mixed_precision=args.mixed_precision)
-
-
 def _run_ppo(args: argparse.Namespace) -> None:
-    config = _config(args)  # checks the values before the (slow) loads
+    # Checks the values before the (slow) loads.
+    options = given_options(args, [*_CONFIG_OPTIONS, "mixed_precision"])
+    config = dataclasses.replace(checkpoint_recipe(args.policy).ppo, **options)
     prompts = read_prompts(args.prompts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(args.policy, device=device)
@@ -125,7 +124,20 @@ def _run_ppo(args: argparse.Namespace) -> None:
     )
     if not result.stopped_early:
         export_policy(policy, checkpoint.tokenizer, args.out / "final", result, config)
-    print(f"PPO: {result.steps} steps; score {result.metrics.get('score', float('nan')):.4f}")
+    print(_summary(result))
+    print_warnings(result.warnings)
+
+
+def _summary(result: PPOResult) -> str:
+    """The run's length and its last iteration: a mean score alone cannot tell a policy that
+    learned from one whose responses never end and all carry the no-EOS penalty."""
+    if not result.history:
+        return f"PPO: {result.steps} steps; none left to run"
+    metrics = result.metrics
+    return (
+        f"PPO: {result.steps} steps; last iteration: mean score {metrics['score']:.4f}, "
+        f"KL {metrics['kl']:.4f} nats, eos_rate {metrics['eos_rate']:.2f}"
+    )
 
 
 def export_policy(

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import torch
 from accelerate import Accelerator
@@ -23,16 +23,20 @@ from accelerate.utils import set_seed
 from torch import Tensor
 
 from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint
+from rlhf_core.commands import FROM_RECIPE, checkpoint_recipe, given_options, print_warnings
+from rlhf_core.diagnostics import reward_model_warnings
 from rlhf_core.optim import build_adamw, warmup_cosine_schedule
 from rlhf_core.pretrain import MixedPrecision, resolve_mixed_precision
 from rlhf_core.records import LikertRating, read_records
-from rlhf_core.reward import RewardHeadConfig, RewardModel
+from rlhf_core.reward import Pooling, RewardHeadConfig, RewardModel
 from rlhf_core.reward_io import save_reward_model
 from rlhf_core.reward_labels import (
     Item,
     LabelLossConfig,
     LabelRecord,
     LikertItem,
+    PairItem,
+    RankingItem,
     RewardTrainingError,
     batch_loss,
     bootstrap_counts,
@@ -48,6 +52,10 @@ from rlhf_core.training import NoCallback, TrainingCallback, clip_gradients
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+# train-reward's options that set a RewardTrainingConfig field, and those that set the head's.
+_TRAINING_OPTIONS = ("lr", "batch_size", "epochs", "patience", "held_out_fraction", "seed")
+_HEAD_OPTIONS = ("max_length", "members", "pooling", "lora_rank")
 
 
 @dataclass(frozen=True)
@@ -334,9 +342,6 @@ def add_train_reward_command(subparsers: Subparsers) -> None:
         "--out", type=Path, required=True, metavar="DIR", help="reward model to write"
     )
     parser.add_argument(
-        "--lora-rank", type=int, metavar="N", help="train LoRA adapters of rank N, not the backbone"
-    )
-    parser.add_argument(
         "--attributes",
         nargs="+",
         metavar="NAME",
@@ -349,43 +354,47 @@ def add_train_reward_command(subparsers: Subparsers) -> None:
         metavar=("MIN", "MAX"),
         help="scale of Likert rows that state none",
     )
-    defaults = RewardTrainingConfig()
-    for flag, name, kind in (
-        ("--epochs", "epochs", int),
-        ("--batch-size", "batch_size", int),
-        ("--lr", "lr", float),
-        ("--held-out", "held_out_fraction", float),
-        ("--seed", "seed", int),
+    for flag, name, kind, text in (
+        ("--lr", "lr", float, "peak learning rate"),
+        ("--batch-size", "batch_size", int, "items per optimizer step"),
+        ("--epochs", "epochs", int, "passes over the training labels at most"),
+        ("--patience", "patience", int, "epochs with no better held-out loss; 0: never stop"),
+        ("--held-out", "held_out_fraction", float, "share of the prompts held out"),
+        ("--seed", "seed", int, "random seed"),
+        ("--max-length", "max_length", int, "tokens of prompt + response the model reads"),
+        ("--members", "members", int, "scalar heads of the ensemble"),
+        ("--lora-rank", "lora_rank", int, "train LoRA adapters of rank N, not the backbone"),
     ):
         parser.add_argument(
             flag,
             dest=name,
             type=kind,
-            default=getattr(defaults, name),
-            help="(default: %(default)s)",
+            metavar="N" if kind is int else "F",
+            help=f"{text} {FROM_RECIPE}",
         )
+    parser.add_argument(
+        "--pooling", choices=get_args(Pooling), help=f"what the heads read {FROM_RECIPE}"
+    )
     parser.set_defaults(run=_run_train_reward)
 
 
 def _run_train_reward(args: argparse.Namespace) -> None:
+    recipe = checkpoint_recipe(args.base)  # the settings are checked before the (slow) load
+    training = given_options(args, _TRAINING_OPTIONS)
+    if training.get("patience") == 0:
+        training["patience"] = None
+    log_file = args.out.with_name(f"{args.out.name}.metrics.jsonl")
+    config = dataclasses.replace(recipe.reward, **training, log_file=log_file)
+    try:
+        head = dataclasses.replace(recipe.reward_head, **given_options(args, _HEAD_OPTIONS))
+    except ValueError as error:  # e.g. --members 0
+        raise RewardTrainingError(str(error)) from error
     scale = None if args.likert_scale is None else tuple(args.likert_scale)
     records = [record for path in args.labels for record in read_records(path, likert_scale=scale)]
     labels = [record for record in records if isinstance(record, LabelRecord)]
+    heads = heads_for(labels, attributes=args.attributes, base=head)
     checkpoint = load_checkpoint(args.base)
-    heads = heads_for(
-        labels,
-        attributes=args.attributes,
-        base=RewardHeadConfig(lora_rank=args.lora_rank),
-    )
     model = RewardModel(checkpoint.model.train(), heads)
-    config = RewardTrainingConfig(
-        lr=args.lr,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        held_out_fraction=args.held_out_fraction,
-        seed=args.seed,
-        log_file=args.out.with_name(f"{args.out.name}.metrics.jsonl"),
-    )
     result = train_reward_model(model, checkpoint.tokenizer, labels, config)
     extra = {"trainer": "reward", "reward_training": config.to_dict()}
     metadata = CheckpointMetadata(step=result.steps, metrics=result.eval_metrics, extra=extra)
@@ -393,6 +402,20 @@ def _run_train_reward(args: argparse.Namespace) -> None:
     held_out = {k: v for k, v in result.eval_metrics.items() if k not in ("step", "epoch")}
     shown = " ".join(f"{key}={value:.4f}" for key, value in held_out.items())
     print(f"saved {args.out} after {result.steps} steps; held-out: {shown or 'none'}")
+    pairs = _held_out_preferences(labels, config, heads)
+    print_warnings(reward_model_warnings(result.eval_metrics, pairs))
+
+
+def _held_out_preferences(
+    labels: Sequence[LabelRecord], config: RewardTrainingConfig, heads: RewardHeadConfig
+) -> int:
+    """The strict preferences of the held-out split, on which its pairwise_accuracy is measured
+    (`reward_labels.reward_metrics`): pairs but ties, and every pair of each ranking."""
+    _, held = split_by_prompt(labels, config.held_out_fraction)
+    items = to_items(held, heads, config.losses)
+    pairs = sum(isinstance(item, PairItem) and not item.tie for item in items)
+    rankings = [item for item in items if isinstance(item, RankingItem)]
+    return pairs + sum(math.comb(len(item.responses), 2) for item in rankings)
 
 
 def heads_for(

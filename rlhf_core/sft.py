@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhf_core.checkpoint import load_checkpoint
+from rlhf_core.commands import checkpoint_recipe
 from rlhf_core.finetuning import (
     FineTuneConfig,
     FineTuneError,
@@ -194,12 +195,12 @@ def add_sft_command(subparsers: Subparsers) -> None:
     parser.add_argument("--data", type=Path, required=True, metavar="FILE", help=".jsonl/.parquet")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new checkpoint")
     parser.add_argument("--min-likert", type=float, default=0.75, metavar="F")
-    add_finetune_options(parser, SFTConfig())
+    add_finetune_options(parser)
     parser.set_defaults(run=_run_sft)
 
 
 def _run_sft(args: argparse.Namespace) -> None:
-    config = SFTConfig(**finetune_options(args))
+    config = replace(checkpoint_recipe(args.base).sft, **finetune_options(args))
     demonstrations = demonstrations_from(read_records(args.data), min_likert=args.min_likert)
     # Loaded on the CPU: accelerate moves the model to its device when the run starts.
     base = load_checkpoint(args.base)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlhf_core.checkpoint import load_checkpoint, save_checkpoint
+from rlhf_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlhf_core.dpo import (
     DPOConfig,
     add_dpo_command,
@@ -251,6 +251,10 @@ def test_dpo_raises_the_hidden_preference_within_a_bounded_kl() -> None:
 
 def test_the_dpo_command_reports_bad_settings_as_user_errors(tmp_path: Path) -> None:
     argv = ["dpo", "--base", str(tmp_path / "base"), "--pairs", str(tmp_path / "pairs.jsonl")]
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        run_command([*argv, "--out", str(tmp_path / "out")])
+    save_checkpoint(tmp_path / "base", small_model(), TOKENIZER)
+    # Refused before the pairs are read: the settings come from the base's config alone.
     with pytest.raises(FineTuneError, match="beta must be > 0"):
         run_command([*argv, "--out", str(tmp_path / "out"), "--beta", "0"])
     with pytest.raises(FileNotFoundError):

@@ -548,7 +548,9 @@ def run_ppo_command(*argv: str) -> None:
     args.run(args)
 
 
-def test_the_ppo_command_trains_exports_and_resumes(tmp_path: Path) -> None:
+def test_the_ppo_command_trains_exports_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "policy", PaLM(MODEL), TOKENIZER)
     save_reward_model(tmp_path / "reward", plumbing_reward_model(MODEL), TOKENIZER)
@@ -560,6 +562,9 @@ def test_the_ppo_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     common += ["--mixed-precision", "no"]
     quick = ["--rollout-batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "4"]
     run_ppo_command(*common, *quick, "--steps", "2")
+    summary = capsys.readouterr().out
+    assert summary.startswith("PPO: 2 steps; last iteration: mean score ")
+    assert ", KL " in summary and ", eos_rate " in summary
     exported = load_checkpoint(out / "final")
     assert not any("adapters" in name for name in exported.model.state_dict())
     assert exported.metadata.extra["ppo"]["mixed_precision"] == "no"  # not the default, auto
