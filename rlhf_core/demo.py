@@ -1,23 +1,43 @@
-"""The embedded demo's model: a `tiny` PaLM pretrained on the bundled Shakespeare corpus.
+"""The embedded demo's model: a small PaLM pretrained on the bundled Shakespeare corpus.
 
-`python -m rlhf_core demo --out DIR` trains a BPE tokenizer on the corpus, packs it into blocks
-and pretrains the `tiny` preset, each with a progress bar; a few minutes on two CPU cores. Every
-stage is skipped when its output is already complete, and an interrupted pretraining resumes, so
-running it again costs nothing once the model exists.
+`python -m rlhf_core demo --out DIR` turns the plays into dialogue *exchanges* (one speech and
+the reply to it, each a document that ends with EOS), trains a small BPE tokenizer on them,
+packs them into blocks and pretrains the `mini` preset, each with a progress bar; minutes on
+two CPU cores. Every stage is skipped when its output is already complete, and an interrupted
+pretraining resumes, so running it again costs nothing once the model exists.
+
+Why exchanges: a model pretrained on whole plays never ends a reply (its only EOS is at the end
+of a play), so every sample of it runs to the token limit, and RLHF's penalty for unfinished
+answers hits every one. Pretrained on exchanges, the model answers a speech with one speech and
+stops: prompts are speeches (`demo_prompts`) and responses are replies.
+
+Why a small vocabulary (512): the reward model reads the policy's hidden states, and a tiny
+model keeps in them what each token is but not how it is spelled. With 512 tokens of about two
+characters each, a reward model fitted on a few hundred labels can still see letters,
+punctuation and line breaks, not only whole words (measured in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import random
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf_core.checkpoint import METADATA_FILE, CheckpointError, read_metadata
-from rlhf_core.corpus import DataError, demo_corpus_paths, iter_texts
+from rlhf_core.corpus import DataError, atomic_output, demo_corpus_paths, iter_texts
 from rlhf_core.data import SPLITS, prepare_dataset, read_split_metadata
+from rlhf_core.palm import mini
 from rlhf_core.pretrain import PretrainConfig, PretrainError, pretrain
 from rlhf_core.tokenizer import Tokenizer, TokenizerError
+
+SPEAKER = re.compile(r"\*\*([A-Z][A-Z0-9 .,'&-]*)\*\*")
+MAX_PROMPT_CHARS = 200  # demo prompts are speeches of at most this many characters
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -25,16 +45,69 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sized for about three minutes on two CPU cores (measured: ~2 steps/s at batch 16 x 256)."""
+    """Sized for about six minutes on two idle CPU cores (measured: ~1.6 steps/s at batch
+    16 x 256 for the 3.9M-parameter `mini` preset)."""
 
-    vocab_size: int = 4096
+    vocab_size: int = 512
     block_size: int = 256
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 16
-    lr: float = 1e-3  # a 1M-parameter model trains well at a larger rate than the default
+    lr: float = 1e-3  # a few-million-parameter model trains well at a larger rate
     warmup_steps: int = 20
-    eval_every: int = 100
+    eval_every: int = 150
     seed: int = 0
+
+
+def demo_speeches(paths: Sequence[Path]) -> Iterator[tuple[str, str]]:
+    """(speaker, speech) of every speech of the plays, in order; a speech is a speaker's bold
+    name on a line of its own and the lines under it, up to the next blank line. Trailing
+    Markdown line breaks (two spaces) are dropped."""
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        for block in re.split(r"\n\s*\n", text):
+            lines = block.strip().splitlines()
+            if len(lines) < 2:
+                continue
+            speaker = SPEAKER.fullmatch(lines[0].strip())
+            if speaker:
+                yield speaker.group(1), "\n".join(line.rstrip() for line in lines[1:])
+
+
+def format_speech(speaker: str, speech: str) -> str:
+    return f"**{speaker}**\n{speech}"
+
+
+def demo_exchanges(paths: Sequence[Path]) -> Iterator[str]:
+    """Each speech followed by the reply to it (the next speech of the play), one document."""
+    for path in paths:
+        speeches = list(demo_speeches([path]))
+        for (first, said), (second, reply) in itertools.pairwise(speeches):
+            yield f"{format_speech(first, said)}\n\n{format_speech(second, reply)}"
+
+
+def demo_prompts(count: int, *, seed: int = 0) -> list[str]:
+    """`count` distinct prompts in the demo model's format: a speech of at most
+    MAX_PROMPT_CHARS characters and the blank line after it, the model's cue to reply. Drawn
+    from the plays in a random order fixed by `seed`."""
+    speeches = list(
+        dict.fromkeys(
+            format_speech(speaker, speech) + "\n\n"
+            for speaker, speech in demo_speeches(demo_corpus_paths())
+            if 20 <= len(speech) <= MAX_PROMPT_CHARS
+        )
+    )
+    random.Random(seed).shuffle(speeches)
+    if count > len(speeches):
+        raise DataError(f"the demo corpus has {len(speeches)} prompts, not {count}")
+    return speeches[:count]
+
+
+def write_demo_corpus(path: Path) -> Path:
+    """The exchanges as JSONL (one {"text": ...} document per line), written atomically."""
+    with atomic_output(path) as handle:
+        for exchange in demo_exchanges(demo_corpus_paths()):
+            handle.write((json.dumps({"text": exchange}) + "\n").encode("utf-8"))
+    return path
 
 
 def build_demo_model(
@@ -44,11 +117,14 @@ def build_demo_model(
     final = out_dir / "run" / "final"
     if _is_checkpoint(final):
         return final
-    tokenizer = _demo_tokenizer(out_dir / "tokenizer", settings, show_progress)
+    corpus = out_dir / "corpus.jsonl"
+    if not corpus.is_file():
+        write_demo_corpus(corpus)
+    tokenizer = _demo_tokenizer(out_dir / "tokenizer", corpus, settings, show_progress)
     data_dir = out_dir / "data"
     if not _is_prepared(data_dir, settings.block_size):
         prepare_dataset(
-            demo_corpus_paths(),
+            [corpus],
             data_dir,
             tokenizer,
             block_size=settings.block_size,
@@ -57,7 +133,7 @@ def build_demo_model(
     config = PretrainConfig(
         data_dir=data_dir,
         out_dir=out_dir / "run",
-        model="tiny",
+        model=mini(tokenizer.vocab_size),
         batch_size=settings.batch_size,
         max_steps=settings.steps,
         lr=settings.lr,
@@ -72,12 +148,14 @@ def build_demo_model(
     return result.final_checkpoint
 
 
-def _demo_tokenizer(directory: Path, settings: DemoSettings, show_progress: bool) -> Tokenizer:
+def _demo_tokenizer(
+    directory: Path, corpus: Path, settings: DemoSettings, show_progress: bool
+) -> Tokenizer:
     try:
         return Tokenizer.load(directory)
     except TokenizerError:
         tokenizer = Tokenizer.train_bpe(
-            iter_texts(demo_corpus_paths()), settings.vocab_size, show_progress=show_progress
+            iter_texts([corpus]), settings.vocab_size, show_progress=show_progress
         )
         tokenizer.save(directory)
         return tokenizer
@@ -101,9 +179,10 @@ def _is_checkpoint(directory: Path) -> bool:
 def add_demo_command(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="build the embedded demo's model (tiny PaLM on Shakespeare)",
-        description="Train a BPE tokenizer on the bundled Shakespeare corpus, pack it, and "
-        "pretrain the tiny preset. Stages already done are skipped; an interrupted run resumes.",
+        help="build the embedded demo's model (a small PaLM on Shakespeare's dialogue)",
+        description="Turn the bundled Shakespeare plays into dialogue exchanges, train a BPE "
+        "tokenizer on them, pack them, and pretrain the mini preset. Stages already done are "
+        "skipped; an interrupted run resumes.",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="demo directory")
     parser.add_argument(

@@ -261,6 +261,12 @@ def tiny(num_tokens: int = 256) -> PaLMConfig:
     return PaLMConfig(num_tokens=num_tokens, dim=128, depth=4, heads=4, dim_head=32)
 
 
+def mini(num_tokens: int = 512) -> PaLMConfig:
+    """The embedded demo's model: about 4M parameters with a 512-token vocabulary, trained in
+    minutes on two CPU cores (`rlhf_core.demo`)."""
+    return PaLMConfig(num_tokens=num_tokens, dim=256, depth=4, heads=4, dim_head=64)
+
+
 def _public_palm(num_tokens: int, dim: int, depth: int) -> PaLMConfig:
     # The public PaLM checkpoints (GPT-NeoX vocabulary padded to 50304, 8 heads of 128) were
     # trained with xPos; matching it lets their weights import into these presets.

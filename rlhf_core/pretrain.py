@@ -35,7 +35,16 @@ from tqdm import tqdm
 from rlhf_core.checkpoint import CheckpointMetadata, save_checkpoint
 from rlhf_core.data import TOKENIZER_DIRECTORY, BlockLoader, LoaderState, PackedDataset
 from rlhf_core.optim import build_adamw, warmup_cosine_schedule
-from rlhf_core.palm import PaLM, PaLMConfig, lamda_small, palm_1b, palm_150m, palm_410m, tiny
+from rlhf_core.palm import (
+    PaLM,
+    PaLMConfig,
+    lamda_small,
+    mini,
+    palm_1b,
+    palm_150m,
+    palm_410m,
+    tiny,
+)
 from rlhf_core.run_directory import RunDirectory
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import (
@@ -53,6 +62,7 @@ MixedPrecision = Literal["auto", "bf16", "no"]
 # Each preset takes the vocabulary size, which a run reads from its dataset.
 MODEL_PRESETS = {
     "tiny": tiny,
+    "mini": mini,
     "palm_150m": palm_150m,
     "palm_410m": palm_410m,
     "palm_1b": palm_1b,

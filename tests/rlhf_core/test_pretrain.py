@@ -188,7 +188,7 @@ def test_bad_settings_are_refused_all_at_once(tmp_path: Path) -> None:
         "batch_size must be a multiple of grad_accum_steps; lr must be > 0; "
         "keep_last must be >= 1 (or None)"
     )
-    with pytest.raises(PretrainError, match="one of tiny, palm_150m"):
+    with pytest.raises(PretrainError, match="one of tiny, mini, palm_150m"):
         PretrainConfig(tmp_path, tmp_path, model="huge")
 
 
