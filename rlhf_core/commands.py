@@ -23,13 +23,10 @@ import torch
 from accelerate import PartialState
 
 from rlhf_core.checkpoint import (
-    CONFIG_FILE,
-    CheckpointError,
     config_fields,
     import_reference_checkpoint,
     load_checkpoint,
     palm_config_from_dict,
-    read_model_config,
 )
 from rlhf_core.data import read_split_metadata
 from rlhf_core.generation import Sampler, generate
@@ -63,12 +60,10 @@ def checkpoint_recipe(directory: Path) -> Recipe:
     """The recipe (`rlhf_core.recipes`) for the size of the PaLM checkpoint at `directory`, read
     from its config alone: a command knows its settings, and refuses bad ones, before the
     (slow) load of the weights."""
-    if not directory.is_dir():
-        raise CheckpointError("no such checkpoint directory", directory)
     # Imported here rather than above: recipes imports the trainers, whose commands import this.
     from rlhf_core import recipes
 
-    return recipes.recipe_for(read_model_config(directory / CONFIG_FILE))
+    return recipes.recipe_for_checkpoint(directory)
 
 
 def given_options(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from rlhf_core.data import SPLITS, prepare_dataset, read_split_metadata
 from rlhf_core.palm import mini
 from rlhf_core.pretrain import PretrainConfig, PretrainError, pretrain
 from rlhf_core.tokenizer import Tokenizer, TokenizerError
+from rlhf_core.training import TrainingCallback
 
 SPEAKER = re.compile(r"\*\*([A-Z][A-Z0-9 .,'&-]*)\*\*")
 MAX_PROMPT_CHARS = 200  # demo prompts are speeches of at most this many characters
@@ -111,20 +112,32 @@ def write_demo_corpus(path: Path) -> Path:
 
 
 def build_demo_model(
-    out_dir: Path, settings: DemoSettings = DemoSettings(), *, show_progress: bool = True
+    out_dir: Path,
+    settings: DemoSettings = DemoSettings(),
+    *,
+    sources: Sequence[Path] | None = None,
+    show_progress: bool = True,
+    callback: TrainingCallback | None = None,
 ) -> Path:
-    """The demo model's checkpoint directory, built first if it is missing or incomplete."""
+    """The demo model's checkpoint directory, built first if it is missing or incomplete.
+
+    sources: corpus files to pretrain on instead of the demo's exchanges (text, JSONL or
+        Parquet; see `rlhf_core.corpus`).
+    callback: gets pretraining's steps, evaluations and checkpoints (`pretrain`); None when it
+        stops the run, which then raises PretrainError (run again to resume).
+    """
     final = out_dir / "run" / "final"
     if _is_checkpoint(final):
         return final
     corpus = out_dir / "corpus.jsonl"
-    if not corpus.is_file():
+    if sources is None and not corpus.is_file():
         write_demo_corpus(corpus)
-    tokenizer = _demo_tokenizer(out_dir / "tokenizer", corpus, settings, show_progress)
+    files = list(sources) if sources is not None else [corpus]
+    tokenizer = _demo_tokenizer(out_dir / "tokenizer", files, settings, show_progress)
     data_dir = out_dir / "data"
     if not _is_prepared(data_dir, settings.block_size):
         prepare_dataset(
-            [corpus],
+            files,
             data_dir,
             tokenizer,
             block_size=settings.block_size,
@@ -137,25 +150,25 @@ def build_demo_model(
         batch_size=settings.batch_size,
         max_steps=settings.steps,
         lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
+        warmup_steps=min(settings.warmup_steps, settings.steps),
         eval_every=settings.eval_every,
         checkpoint_every=settings.eval_every,
         seed=settings.seed,
     )
-    result = pretrain(config, show_progress=show_progress)
+    result = pretrain(config, show_progress=show_progress, callback=callback)
     if result.final_checkpoint is None:
         raise PretrainError("the demo's pretraining stopped early; run the command again to resume")
     return result.final_checkpoint
 
 
 def _demo_tokenizer(
-    directory: Path, corpus: Path, settings: DemoSettings, show_progress: bool
+    directory: Path, files: Sequence[Path], settings: DemoSettings, show_progress: bool
 ) -> Tokenizer:
     try:
         return Tokenizer.load(directory)
     except TokenizerError:
         tokenizer = Tokenizer.train_bpe(
-            iter_texts([corpus]), settings.vocab_size, show_progress=show_progress
+            iter_texts(files), settings.vocab_size, show_progress=show_progress
         )
         tokenizer.save(directory)
         return tokenizer

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rlhf_core.checkpoint import CONFIG_FILE, CheckpointError, read_model_config
 from rlhf_core.commands import checkpoint_recipe
 from rlhf_core.dpo import DPOConfig
 from rlhf_core.palm import PaLMConfig
@@ -74,23 +75,23 @@ def cpu_small() -> Recipe:
         description="models up to ~20M parameters on CPU cores (the embedded demo)",
         algorithm="ppo",
         sampling=sampling,
-        reward_head=RewardHeadConfig(pooling="mean", members=4, max_length=256),
+        reward_head=RewardHeadConfig(pooling="mean", members=4, max_length=128),
         reward=RewardTrainingConfig(
             lr=1e-3, batch_size=16, epochs=8, warmup_steps=10, patience=3, held_out_fraction=0.1
         ),
         sft=SFTConfig(lr=3e-4, batch_size=16, epochs=2, max_length=256),
         dpo=DPOConfig(lr=1e-4, beta=0.1, batch_size=16, epochs=2, max_length=256),
         ppo=PPOConfig(
-            steps=100,
+            steps=60,
             rollout_batch_size=32,
             minibatch_size=16,
             ppo_epochs=4,
             max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature,
             lr=3e-5,
-            init_kl_coef=0.05,
-            kl_target=4.0,
-            max_prompt_length=128,
+            init_kl_coef=0.4,
+            kl_target=3.0,
+            max_prompt_length=64,
         ),
         rejection_sampling=RejectionSamplingConfig(
             lr=3e-4,
@@ -153,6 +154,14 @@ def recipe_for(config: PaLMConfig) -> Recipe:
     """The recipe for a model of `config`'s size."""
     small = parameter_count(config) < SMALL_MODEL_PARAMETERS
     return cpu_small() if small else gpu()
+
+
+def recipe_for_checkpoint(directory: Path) -> Recipe:
+    """The recipe for the PaLM checkpoint at `directory`, read from its config alone (before
+    any weights load). Raises CheckpointError for a directory that is not a checkpoint."""
+    if not directory.is_dir():
+        raise CheckpointError("no such checkpoint directory", directory)
+    return recipe_for(read_model_config(directory / CONFIG_FILE))
 
 
 def add_recipe_command(subparsers: Subparsers) -> None:

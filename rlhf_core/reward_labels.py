@@ -135,9 +135,13 @@ class LikertItem:
 Item = PairItem | RankingItem | LikertItem
 
 
-def held_out_prompt(prompt: str, fraction: float) -> bool:
-    """Whether `prompt` is in the held-out split: a hash, so every run and machine agrees."""
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+def held_out_prompt(prompt: str, fraction: float, *, salt: str = "reward-model") -> bool:
+    """Whether `prompt` is in the held-out split: a hash, so every run and machine agrees.
+
+    The `salt` makes this split independent of other splits by a hash of the prompt (an
+    export's train/test split, a benchmark's): without it, a reward model trained on a split's
+    training side would find no held-out prompt of its own there."""
+    digest = hashlib.sha256(f"{salt}\0{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 

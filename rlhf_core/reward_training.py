@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint
 from rlhf_core.commands import FROM_RECIPE, checkpoint_recipe, given_options, print_warnings
-from rlhf_core.diagnostics import reward_model_warnings
+from rlhf_core.diagnostics import reward_model_warnings, warn
 from rlhf_core.optim import build_adamw, warmup_cosine_schedule
 from rlhf_core.pretrain import MixedPrecision, resolve_mixed_precision
 from rlhf_core.records import LikertRating, read_records
@@ -115,6 +115,11 @@ class RewardTrainingResult:
     eval_metrics: dict[str, float]  # held-out metrics of the best epoch (empty if none)
     history: list[dict[str, float]]  # every held-out evaluation
     normalization: tuple[float, float]  # (mean, std) of the training responses' raw rewards
+    # Strict preferences of the held-out split (pairs but ties, every pair of each ranking):
+    # how many the held-out pairwise_accuracy rests on.
+    held_out_preferences: int = 0
+    # Why the model may not have learned (`rlhf_core.diagnostics.reward_model_warnings`).
+    warnings: list[str] = field(default_factory=list)
 
 
 def evaluate_reward_model(
@@ -163,7 +168,21 @@ def train_reward_model(
     set_seed(config.seed)
     model.trained_heads = trained
     trainer = _RewardTrainer(model, tokenizer, config, accelerator, callback or NoCallback())
-    return trainer.run(train_items, to_items(held_records, model.config, config.losses))
+    held_items = to_items(held_records, model.config, config.losses)
+    result = trainer.run(train_items, held_items)
+    preferences = strict_preferences(held_items)
+    held_out = {k: v for k, v in result.eval_metrics.items() if k not in ("step", "epoch")}
+    found = reward_model_warnings(held_out, preferences)
+    warn(found)
+    return dataclasses.replace(result, held_out_preferences=preferences, warnings=found)
+
+
+def strict_preferences(items: Sequence[Item]) -> int:
+    """The strict preferences among `items` that pairwise_accuracy is measured on
+    (`reward_labels.reward_metrics`): pairs but ties, and every pair of each ranking."""
+    pairs = sum(isinstance(item, PairItem) and not item.tie for item in items)
+    rankings = [item for item in items if isinstance(item, RankingItem)]
+    return pairs + sum(math.comb(len(item.responses), 2) for item in rankings)
 
 
 class _RewardTrainer:
@@ -402,20 +421,7 @@ def _run_train_reward(args: argparse.Namespace) -> None:
     held_out = {k: v for k, v in result.eval_metrics.items() if k not in ("step", "epoch")}
     shown = " ".join(f"{key}={value:.4f}" for key, value in held_out.items())
     print(f"saved {args.out} after {result.steps} steps; held-out: {shown or 'none'}")
-    pairs = _held_out_preferences(labels, config, heads)
-    print_warnings(reward_model_warnings(result.eval_metrics, pairs))
-
-
-def _held_out_preferences(
-    labels: Sequence[LabelRecord], config: RewardTrainingConfig, heads: RewardHeadConfig
-) -> int:
-    """The strict preferences of the held-out split, on which its pairwise_accuracy is measured
-    (`reward_labels.reward_metrics`): pairs but ties, and every pair of each ranking."""
-    _, held = split_by_prompt(labels, config.held_out_fraction)
-    items = to_items(held, heads, config.losses)
-    pairs = sum(isinstance(item, PairItem) and not item.tie for item in items)
-    rankings = [item for item in items if isinstance(item, RankingItem)]
-    return pairs + sum(math.comb(len(item.responses), 2) for item in rankings)
+    print_warnings(result.warnings)
 
 
 def heads_for(

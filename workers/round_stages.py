@@ -20,7 +20,9 @@ from webapp.training import presets, registry, rounds
 if TYPE_CHECKING:
     from workers.training import RoundRun
 
-PPO_PROMPTS = 100_000  # PPO samples from all of the project's prompts, up to this many
+# Policy training samples the prompts of the label snapshot's training side, up to this many;
+# evaluation the other side's, which the policy never saw.
+POLICY_PROMPTS = 100_000
 
 
 class RoundLost(Exception):
@@ -85,12 +87,20 @@ def stage_reward(run: RoundRun) -> dict[str, Any]:
 
 
 def stage_ppo(run: RoundRun) -> dict[str, Any]:
+    return _policy_stage(run, presets.PPO)
+
+
+def stage_rejection_sampling(run: RoundRun) -> dict[str, Any]:
+    return _policy_stage(run, presets.REJECTION_SAMPLING)
+
+
+def _policy_stage(run: RoundRun, stage: str) -> dict[str, Any]:
     inputs = {
         "policy": str(run.start_policy()),
         "reward": str(run.reward_model()),
-        "prompts": str(run.prompts_file(presets.PPO, PPO_PROMPTS)),
+        "prompts": str(run.prompts_file(stage, POLICY_PROMPTS, split="train")),
     }
-    summary: dict[str, Any] = run.run_child(presets.PPO, inputs)
+    summary: dict[str, Any] = run.run_child(stage, inputs)
     return summary
 
 
@@ -116,7 +126,7 @@ def stage_evaluate(run: RoundRun) -> dict[str, Any]:
         "policy": str(trained),
         "parent": None if parent is None else str(parent),
         "reward": None if reward is None else str(reward),
-        "prompts": str(run.prompts_file(presets.EVALUATE, count)),
+        "prompts": str(run.prompts_file(presets.EVALUATE, count, split="test")),
     }
     summary: dict[str, Any] = run.run_child(presets.EVALUATE, inputs)
     return summary
@@ -180,6 +190,7 @@ STAGES: dict[str, Callable[[RoundRun], dict[str, Any]]] = {
     presets.SFT: stage_sft,
     presets.REWARD: stage_reward,
     presets.PPO: stage_ppo,
+    presets.REJECTION_SAMPLING: stage_rejection_sampling,
     presets.DPO: stage_dpo,
     presets.EVALUATE: stage_evaluate,
     presets.REGISTER: stage_register,

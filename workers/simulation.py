@@ -43,13 +43,19 @@ from webapp.annotation.models import (  # noqa: E402
     Question,
 )
 from webapp.annotation.questions import QuestionKind  # noqa: E402
-from webapp.training import demo, leaderboard, services  # noqa: E402
+from webapp.training import demo, leaderboard, rounds, services  # noqa: E402
 from webapp.training.models import RoundKind, RoundLog, RoundState, TrainingRound  # noqa: E402
-from webapp.training.presets import ALGORITHMS, PPO, PRESETS  # noqa: E402
+from webapp.training.presets import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_PRESET, PRESETS  # noqa: E402
 
 USERNAME = "simulated-{}"
 # Rounds whose labels a threshold counts from: those that train on them.
-TRAINING_KINDS = (RoundKind.FULL, RoundKind.REWARD, RoundKind.PPO, RoundKind.DPO)
+TRAINING_KINDS = (
+    RoundKind.FULL,
+    RoundKind.REWARD,
+    RoundKind.PPO,
+    RoundKind.DPO,
+    RoundKind.REJECTION_SAMPLING,
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,8 @@ class SimulationSettings:
     labels_per_round: int = 180
     rounds: int = 1
     pace: float = 0.25  # seconds between two answers
-    preset: str = "demo"
-    algorithm: str = PPO
+    preset: str = DEFAULT_PRESET
+    algorithm: str = DEFAULT_ALGORITHM
     letters: str = "e"  # the hidden preference: a higher share of these letters is better
     noise: float = 0.02  # each annotator's noise on that share: they disagree now and then
     seed: int = 0
@@ -277,6 +283,13 @@ class Simulation:
             return
         verdict = f"{version.name} won {duel.win_rate:.0%} of {duel.votes} votes against its parent"
         admin = demo.demo_admin()
+        warned = rounds.warnings_of(finished.pk)
+        if warned:
+            self.say(
+                f"{verdict}, but its round warned ({'; '.join(warned)}): never promoted "
+                f"automatically; {version.parent.name} keeps serving."
+            )
+            return
         if duel.win_rate < 0.5 or admin is None:
             self.say(f"{verdict}; {version.parent.name} keeps serving.")
             return

@@ -48,9 +48,13 @@ from workers.stage_channel import (
 )
 
 
-def settings_for(cls: type[Any], section: Mapping[str, Any], channel: Channel, **extra: Any) -> Any:
-    """`cls(**section, **extra)`, refusing unknown names with the known ones listed. The
-    resolved settings (every field, defaults included) go to the round's stored config."""
+def settings_for(
+    defaults: Any, section: Mapping[str, Any], channel: Channel, *, name: str | None = None
+) -> Any:
+    """`defaults` (a config dataclass: the recipe's, `rlhf_core.recipes`) with the round's
+    `section` merged in, refusing unknown names with the known ones listed. The resolved
+    settings (every field) go to the round's stored config under `name` (default: the class)."""
+    cls = type(defaults)
     known = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(section) - known)
     if unknown:
@@ -59,12 +63,26 @@ def settings_for(cls: type[Any], section: Mapping[str, Any], channel: Channel, *
             f"known: {', '.join(sorted(known))}"
         )
     try:
-        settings = cls(**{**section, **extra})
+        settings = dataclasses.replace(defaults, **section)
     except (TypeError, ValueError) as error:
         raise StageError(f"{cls.__name__}: {error}") from error
     resolved = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
-    channel.send("config", dataclass=cls.__name__, values=resolved)
+    channel.send("config", dataclass=name or cls.__name__, values=resolved)
     return settings
+
+
+def recipe(spec: Mapping[str, Any]) -> Any:
+    """The recipe for the size of the stage's base model (its "policy" input)."""
+    from rlhf_core.recipes import recipe_for_checkpoint
+
+    return recipe_for_checkpoint(Path(spec["inputs"]["policy"]))
+
+
+def warn(channel: Channel, messages: Sequence[str]) -> None:
+    """A trainer's warnings (rlhf_core.diagnostics) to the round: its page shows them, and a
+    version from a round that warned is never promoted automatically."""
+    for message in messages:
+        channel.send("warning", message=message)
 
 
 def read_labels(spec: Mapping[str, Any], split: str) -> list[Any]:
@@ -99,9 +117,9 @@ def run_sft(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
     from rlhf_core.checkpoint import load_checkpoint
     from rlhf_core.finetuning import save_policy
     from rlhf_core.records import Demonstration
-    from rlhf_core.sft import SFTConfig, demonstrations_from, train_sft
+    from rlhf_core.sft import demonstrations_from, train_sft
 
-    config = settings_for(SFTConfig, spec["config"], channel)
+    config = settings_for(recipe(spec).sft, spec["config"], channel)
     # The snapshot's demonstrations only (rewrites, top-rated answers): its pairs teach the
     # reward model, not imitation.
     demonstrations = demonstrations_from(
@@ -129,19 +147,23 @@ def run_sft(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
 
 def run_reward(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
     from rlhf_core.checkpoint import CheckpointMetadata, load_checkpoint
+    from rlhf_core.diagnostics import reward_model_warnings
     from rlhf_core.records import Demonstration
     from rlhf_core.reward import RewardModel
     from rlhf_core.reward_io import save_reward_model
-    from rlhf_core.reward_training import RewardTrainingConfig, heads_for, train_reward_model
+    from rlhf_core.reward_training import heads_for, train_reward_model
 
-    config = settings_for(RewardTrainingConfig, spec["config"], channel)
+    section = dict(spec["config"])
+    defaults = recipe(spec)
+    head = settings_for(defaults.reward_head, section.pop("head", {}), channel)
+    config = settings_for(defaults.reward, section, channel)
     labels = [r for r in read_labels(spec, "train") if not isinstance(r, Demonstration)]
     if not labels:
         raise StageError("the label snapshot holds no pairwise, Likert or ranking labels")
     likert = spec["inputs"].get("likert", {})
     # A scalar head only when pairs, rankings or rewrites can train it: a Likert-only
     # project's reward is the expected score (heads_for).
-    heads = heads_for(labels, attributes=likert.get("attributes") or None)
+    heads = heads_for(labels, attributes=likert.get("attributes") or None, base=head)
     base = load_checkpoint(Path(spec["inputs"]["policy"]))
     model = RewardModel(base.model.train(), heads)
     steps = config.epochs * math.ceil(
@@ -151,56 +173,75 @@ def run_reward(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[st
     result = train_reward_model(model, base.tokenizer, labels, config, callback=Follow(channel))
     if result.stopped_early and channel.stop_requested:
         raise Stopped
+    held_out = {k: v for k, v in result.eval_metrics.items() if k not in ("step", "epoch")}
+    found = reward_model_warnings(held_out, result.held_out_preferences)
+    warn(channel, found)
     if is_main_process():
-        extra = {"trainer": "reward", "reward_training": config.to_dict()}
+        extra = {"trainer": "reward", "reward_training": config.to_dict(), "warnings": found}
         metadata = CheckpointMetadata(step=result.steps, metrics=result.eval_metrics, extra=extra)
         save_reward_model(work / "model", model, base.tokenizer, metadata=metadata)
-    held_out = {k: v for k, v in result.eval_metrics.items() if k not in ("step", "epoch")}
-    return {"labels": len(labels), "steps": result.steps, "held_out": held_out}
+    return {
+        "labels": len(labels),
+        "steps": result.steps,
+        "held_out": held_out,
+        "held_out_preferences": result.held_out_preferences,
+        "heads": sorted(model.trained_heads),
+        "warnings": found,
+    }
 
 
 def run_ppo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
-    from rlhf_core.checkpoint import load_checkpoint
-    from rlhf_core.ppo import PPOConfig, PPOPolicy
-    from rlhf_core.ppo_command import export_policy
-    from rlhf_core.ppo_trainer import train_ppo
-    from rlhf_core.reward import critic_for
-    from rlhf_core.reward_io import load_reward_model
-    from rlhf_core.rollout import reward_model_scorer
+    return _run_policy("ppo", spec, work, channel)
 
-    config = settings_for(PPOConfig, spec["config"], channel)
+
+def run_rejection_sampling(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
+    return _run_policy("rejection_sampling", spec, work, channel)
+
+
+def _run_policy(
+    algorithm: str, spec: Mapping[str, Any], work: Path, channel: Channel
+) -> dict[str, Any]:
+    """PPO or rejection sampling against the round's reward model (policy_training)."""
+    from rlhf_core.checkpoint import load_checkpoint
+    from rlhf_core.policy_training import save_trained_policy, train_policy
+    from rlhf_core.reward_io import load_reward_model
+
+    defaults = recipe(spec)
+    config = settings_for(getattr(defaults, algorithm), spec["config"], channel)
     prompts = [row["prompt"] for row in read_prompts(spec["inputs"]["prompts"])]
     where = device()
     checkpoint = load_checkpoint(Path(spec["inputs"]["policy"]), device=where)
     reward_model, reward_tokenizer = load_reward_model(Path(spec["inputs"]["reward"]), where)
-    critic = critic_for(reward_model, reward_tokenizer, checkpoint.model, checkpoint.tokenizer)
-    policy = PPOPolicy(checkpoint.model.train(), critic)
     state_file = work / "state.pt"
     if state_file.exists():
-        channel.log(f"PPO continues from its saved state ({state_file.name}).")
-    channel.total(config.steps)
-    result = train_ppo(
-        policy,
-        reward_model_scorer(reward_model, reward_tokenizer),
+        channel.log(f"{algorithm} continues from its saved state ({state_file.name}).")
+    channel.total(config.steps if algorithm == "ppo" else config.iterations)
+    result = train_policy(
+        algorithm,
+        checkpoint.model,
         checkpoint.tokenizer,
         prompts,
+        reward_model,
+        reward_tokenizer,
         config,
         callback=Follow(channel),
-        state_file=state_file,
+        state_file=state_file if algorithm == "ppo" else None,
     )
     if result.stopped_early:
         raise Stopped
-    export_policy(policy, checkpoint.tokenizer, work / "model", result, config)
-    state_file.unlink()  # the exported model replaces it; it holds the optimizer too
-    return {"steps": result.steps, **result.metrics}
+    warn(channel, result.warnings)
+    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    save_trained_policy(work / "model", result, checkpoint.tokenizer, settings)
+    state_file.unlink(missing_ok=True)  # the exported model replaces it; it holds the optimizer
+    return {"steps": result.steps, "warnings": result.warnings, **result.metrics}
 
 
 def run_dpo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
     from rlhf_core.checkpoint import load_checkpoint
-    from rlhf_core.dpo import DPOConfig, pairs_from, train_dpo, usable_pairs
+    from rlhf_core.dpo import pairs_from, train_dpo, usable_pairs
     from rlhf_core.finetuning import save_policy
 
-    config = settings_for(DPOConfig, spec["config"], channel)
+    config = settings_for(recipe(spec).dpo, spec["config"], channel)
     pairs = pairs_from(read_labels(spec, "train"))
     if not usable_pairs(pairs)[0]:
         raise StageError("the label snapshot holds no strict preference pairs for DPO")
@@ -231,78 +272,124 @@ def run_dpo(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, 
 
 
 def run_evaluate(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
-    """Held-out reward accuracy, KL of the new policy to its parent and the reward model's win
-    rate of new over parent on held-out prompts (the snapshot's test prompts, else the
-    project's)."""
-    import torch
+    """The new policy against its parent on held-out prompts (the snapshot's test split, which
+    the round's policy training never sampled): its KL to the parent; the win rate by a judge
+    the round did not optimise (a reward model fitted on the held-out labels alone); the win
+    rate by the round's own reward model (the proxy the policy optimised: a proxy win rate far
+    above the judge's is over-optimisation); and that reward model's held-out accuracy."""
 
     from rlhf_core.checkpoint import load_checkpoint
     from rlhf_core.evaluation import compare_policies, evaluate_policy
     from rlhf_core.records import Demonstration
     from rlhf_core.reward_io import load_reward_model
     from rlhf_core.reward_training import evaluate_reward_model
-    from rlhf_core.rollout import reward_model_scorer
+    from rlhf_core.rollout import Scorer, reward_model_scorer
 
-    section = dict(spec["config"])
-    count, max_new_tokens = int(section.get("prompts", 16)), int(section.get("max_new_tokens", 32))
-    inputs, where = spec["inputs"], device()
-    summary: dict[str, Any] = {}
+    section, inputs, where = dict(spec["config"]), spec["inputs"], device()
+    defaults = recipe(spec)
+    count = int(section.get("prompts", 16))
+    samples = int(section.get("samples_per_prompt", 2))
     held = [r for r in read_labels(spec, "test") if not isinstance(r, Demonstration)]
-    prompts = list(dict.fromkeys(record.prompt for record in held))
-    prompts += [row["prompt"] for row in read_prompts(inputs["prompts"]) if row["prompt"]]
-    prompts = list(dict.fromkeys(prompts))[:count]
-    channel.total(1)
+    prompts = [row["prompt"] for row in read_prompts(inputs["prompts"]) if row["prompt"]][:count]
+    if not prompts:
+        raise StageError("no held-out prompts to evaluate on (the snapshot's test split is empty)")
+    channel.total(3)
+    summary: dict[str, Any] = {"prompts": len(prompts), "held_out_labels": len(held)}
     policy = load_checkpoint(Path(inputs["policy"]), device=where)
     parent = load_checkpoint(Path(inputs["parent"]), device=where) if inputs.get("parent") else None
+    scorers: dict[str, Scorer] = {}
     if inputs.get("reward"):
         reward_model, reward_tokenizer = load_reward_model(Path(inputs["reward"]), where)
         if held:
-            accuracy = evaluate_reward_model(reward_model, reward_tokenizer, held)
-            summary["held_out"] = accuracy
-            summary["held_out_labels"] = len(held)
-        scorer = reward_model_scorer(reward_model, reward_tokenizer)
-    else:
-        channel.log("No reward model: the win rate is not measured, only the KL.")
-
-        def scorer(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-            return torch.zeros(len(responses))
-
-    common = {"max_new_tokens": max_new_tokens, "seed": 0, "samples_per_prompt": 1}
-    if parent is not None:
+            summary["held_out"] = evaluate_reward_model(reward_model, reward_tokenizer, held)
+        scorers["proxy"] = reward_model_scorer(reward_model, reward_tokenizer)
+    channel.metric(1, {})
+    judge = fit_judge(spec, held, defaults, channel)
+    if judge is not None:
+        scorers["judge"] = judge
+    channel.metric(2, {})
+    common: dict[str, Any] = {
+        "max_new_tokens": int(section.get("max_new_tokens", defaults.sampling.max_new_tokens)),
+        "temperature": float(section.get("temperature", defaults.sampling.temperature)),
+        "seed": 0,
+        "samples_per_prompt": samples,
+    }
+    for name, scorer in scorers.items() or {"none": _zero_scorer}.items():
+        if parent is None:
+            alone = evaluate_policy(policy.model, None, policy.tokenizer, prompts, scorer, **common)
+            summary[f"{name}_reward"] = alone.mean_reward
+            continue
         comparison = compare_policies(
             policy.model, parent.model, parent.model, policy.tokenizer, prompts, scorer, **common
         )
-        summary |= {
-            "kl": comparison.a.kl,
-            "reward": comparison.a.mean_reward,
-            "parent_reward": comparison.b.mean_reward,
-            "win_rate": comparison.win_rate,
-            "win_rate_low": comparison.win_rate_low,
-            "win_rate_high": comparison.win_rate_high,
-        }
-    else:
-        alone = evaluate_policy(policy.model, None, policy.tokenizer, prompts, scorer, **common)
-        summary["reward"] = alone.mean_reward
-    summary["prompts"] = len(prompts)
+        summary["kl"] = comparison.a.kl
+        if name != "none":
+            summary |= {
+                f"{name}_win_rate": comparison.win_rate,
+                f"{name}_win_rate_low": comparison.win_rate_low,
+                f"{name}_win_rate_high": comparison.win_rate_high,
+            }
     flat = {k: v for k, v in summary.items() if isinstance(v, float)}
     flat |= {f"held_out_{k}": v for k, v in summary.get("held_out", {}).items()}
-    channel.metric(1, flat)
+    channel.metric(3, flat)
     return summary
+
+
+def _zero_scorer(prompts: Sequence[str], responses: Sequence[str]) -> Any:
+    import torch
+
+    return torch.zeros(len(responses))
+
+
+MIN_JUDGE_PREFERENCES = 20
+
+
+def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, channel: Channel) -> Any:
+    """A reward model fitted on the held-out labels alone, from the parent's backbone: a judge
+    that neither the round's reward model nor its policy ever saw. None, with a log line, when
+    the held-out labels hold fewer than MIN_JUDGE_PREFERENCES strict preferences."""
+    from rlhf_core.checkpoint import load_checkpoint
+    from rlhf_core.reward import RewardModel
+    from rlhf_core.reward_labels import to_items
+    from rlhf_core.reward_training import heads_for, strict_preferences, train_reward_model
+    from rlhf_core.rollout import reward_model_scorer
+
+    inputs = spec["inputs"]
+    labels = [r for r in held if not hasattr(r, "scores")]  # preferences, rankings, rewrites
+    if not labels or not inputs.get("parent"):
+        channel.log("evaluate: no held-out preferences, so no independent judge.")
+        return None
+    heads = heads_for(labels, base=defaults.reward_head)
+    preferences = strict_preferences(to_items(labels, heads, defaults.reward.losses))
+    if preferences < MIN_JUDGE_PREFERENCES:
+        channel.log(
+            f"evaluate: {preferences} held-out preference(s), fewer than "
+            f"{MIN_JUDGE_PREFERENCES}: no independent judge this round."
+        )
+        return None
+    base = load_checkpoint(Path(inputs["parent"]), device=device())
+    judge = RewardModel(base.model.train(), heads)
+    config = dataclasses.replace(defaults.reward, held_out_fraction=0.0, patience=None)
+    train_reward_model(judge, base.tokenizer, labels, config)
+    channel.log(f"evaluate: a judge fitted on {preferences} held-out preferences.")
+    return reward_model_scorer(judge, base.tokenizer)
 
 
 def run_generate(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
     """`samples_per_prompt` samples of the policy per prompt, and as many of the parent with
-    the same seed when blind pairs against it are wanted; into samples.jsonl."""
+    the same seed when blind pairs against it are wanted; into samples.jsonl. Sampled as the
+    recipe says (`recipe.sampling`) unless the round's config overrides it."""
     from rlhf_core.checkpoint import load_checkpoint
     from rlhf_core.evaluation import Sampling, draw_samples
 
     section, inputs, where = dict(spec["config"]), spec["inputs"], device()
+    sampling_defaults = recipe(spec).sampling
     prompts = read_prompts(inputs["prompts"])
     sampling = Sampling(
         per_prompt=int(section.get("samples_per_prompt", 2)),
-        max_new_tokens=int(section.get("max_new_tokens", 48)),
-        temperature=float(section.get("temperature", 1.0)),
-        top_p=section.get("top_p"),
+        max_new_tokens=int(section.get("max_new_tokens", sampling_defaults.max_new_tokens)),
+        temperature=float(section.get("temperature", sampling_defaults.temperature)),
+        top_p=section.get("top_p", sampling_defaults.top_p),
         seed=int(section.get("seed", spec["round_id"])),
     )
     models = {"new": inputs["policy"]}
@@ -324,44 +411,31 @@ def run_generate(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[
 
 
 def run_pretrain(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[str, Any]:
-    """The demo's tiny PaLM on the bundled corpus (or the text files of `corpus`), sized by
-    DemoSettings; resumes from its own checkpoints in the work directory."""
-    from rlhf_core.corpus import demo_corpus_paths, iter_texts
-    from rlhf_core.data import prepare_dataset
-    from rlhf_core.demo import DemoSettings
-    from rlhf_core.pretrain import PretrainConfig, pretrain
-    from rlhf_core.tokenizer import Tokenizer, TokenizerError
+    """The demo's model (`rlhf_core.demo.build_demo_model`: the mini PaLM on the plays'
+    dialogue, or on the text files of `corpus`), sized by DemoSettings; resumes from its own
+    checkpoints in the work directory."""
+    from rlhf_core.demo import DemoSettings, build_demo_model
+    from rlhf_core.pretrain import PretrainError
 
     section = dict(spec["config"])
-    corpus = [Path(p) for p in section.pop("corpus", [])] or demo_corpus_paths()
-    settings = settings_for(DemoSettings, section, channel)
-    try:
-        tokenizer = Tokenizer.load(work / "tokenizer")
-    except TokenizerError:
-        tokenizer = Tokenizer.train_bpe(iter_texts(corpus), settings.vocab_size)
-        tokenizer.save(work / "tokenizer")
-    if not (work / "data.done").exists():
-        prepare_dataset(corpus, work / "data", tokenizer, block_size=settings.block_size)
-        (work / "data.done").touch()
+    sources = [Path(p) for p in section.pop("corpus", [])] or None
+    settings = settings_for(DemoSettings(), section, channel)
     channel.total(settings.steps)
-    config = PretrainConfig(
-        data_dir=work / "data",
-        out_dir=work / "run",
-        model="tiny",
-        batch_size=settings.batch_size,
-        max_steps=settings.steps,
-        lr=settings.lr,
-        warmup_steps=min(settings.warmup_steps, settings.steps),
-        eval_every=settings.eval_every,
-        checkpoint_every=settings.eval_every,
-        seed=settings.seed,
-    )
-    result = pretrain(config, callback=Follow(channel), show_progress=False)
-    if result.final_checkpoint is None:
-        raise Stopped
-    shutil.copytree(result.final_checkpoint, work / "model")
-    for scratch in ("data", "run"):
-        shutil.rmtree(work / scratch)
+    try:
+        final = build_demo_model(
+            work, settings, sources=sources, show_progress=False, callback=Follow(channel)
+        )
+    except PretrainError as error:
+        if channel.stop_requested:
+            raise Stopped from error
+        raise
+    shutil.copytree(final, work / "model")
+    for scratch in ("data", "run", "corpus.jsonl"):
+        target = work / scratch
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
     return {"steps": settings.steps}
 
 
@@ -369,6 +443,7 @@ STAGES: dict[str, Callable[[Mapping[str, Any], Path, Channel], dict[str, Any]]] 
     "sft": run_sft,
     "reward": run_reward,
     "ppo": run_ppo,
+    "rejection_sampling": run_rejection_sampling,
     "dpo": run_dpo,
     "evaluate": run_evaluate,
     "generate": run_generate,

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 120  # after SIGTERM, then SIGKILL
-SINGLE_PROCESS_STAGES = frozenset({presets.PPO, presets.PRETRAIN})
+SINGLE_PROCESS_STAGES = frozenset({presets.PPO, presets.REJECTION_SAMPLING, presets.PRETRAIN})
 LOG_TAIL_LINES = 8
 
 
@@ -165,14 +165,20 @@ class RoundRun:
         summary: dict[str, Any] = json.loads((self.output(stage) / RESULT).read_text())["summary"]
         return summary
 
-    def prompts_file(self, use: str, count: int) -> Path:
+    def prompts_file(self, use: str, count: int, split: str | None = None) -> Path:
         """The prompts a stage samples, chosen once per round and use (a resume samples the
-        same ones)."""
+        same ones); with `split`, only that side of the label snapshot's train/test split."""
         path = self.dir / f"prompts-{use}.jsonl"
         if not path.exists():
-            prompts = registry.project_prompts(self.round.project, count, seed=self.round_id)
+            snapshot = self.round.label_snapshot if split is not None else None
+            prompts = registry.project_prompts(
+                self.round.project, count, seed=self.round_id, split=split, snapshot=snapshot
+            )
             if not prompts:
-                raise StageFailed(f"Project {self.round.project.slug} has no prompts to sample.")
+                side = f" on the {split} side of the label snapshot's split" if split else ""
+                raise StageFailed(
+                    f"Project {self.round.project.slug} has no prompts{side} to sample."
+                )
             rows = "".join(json.dumps({"id": p.pk, "prompt": p.text}) + "\n" for p in prompts)
             _write_atomically(path, rows)
         return path
@@ -190,7 +196,13 @@ class RoundRun:
 
     def policy_path(self) -> Path:
         """The newest policy of this round: the last completed training stage's, else base."""
-        for stage in (presets.PRETRAIN, presets.PPO, presets.DPO, presets.SFT):
+        for stage in (
+            presets.PRETRAIN,
+            presets.PPO,
+            presets.REJECTION_SAMPLING,
+            presets.DPO,
+            presets.SFT,
+        ):
             if stage in self.round.stages_done and self.complete(stage):
                 return self.output(stage) / "model"
         return registry.checkpoint_of(self.base())
@@ -302,6 +314,8 @@ class RoundRun:
                     steps = int(event["steps"])
                 elif kind == "log":
                     rounds.log(self.round_id, f"{stage}: {event['message']}")
+                elif kind == "warning":
+                    rounds.log(self.round_id, f"{stage}: {event['message']}", level="warning")
                 elif kind == "config":
                     resolved = {"dataclass": event["dataclass"], **event["values"]}
                     rounds.record_resolved_config(self.round_id, self.worker, stage, resolved)

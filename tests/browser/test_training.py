@@ -125,7 +125,7 @@ def test_an_admin_starts_a_round_watches_it_run_and_cancels_one(
     form.get_by_label("Project").select_option("support-answers")
     form.get_by_label("Kind").select_option("full")
     form.get_by_label("Algorithm").select_option("ppo")
-    form.get_by_label("Preset").select_option("demo")
+    form.get_by_label("Preset").select_option("recommended")
     form.get_by_label("Minimum agreement").fill("0.6")
 
     overrides = '{"ppo": {"steps": 20}, "generate": {"prompts": 40}}'
@@ -219,9 +219,9 @@ def trained(project: Project, make_user: MakeUser) -> Project:
             "held_out": {"pairwise_accuracy": 0.71},
             "kl": 3.2,
             "reward": 0.41,
-            "win_rate": 0.64,
-            "win_rate_low": 0.52,
-            "win_rate_high": 0.75,
+            "proxy_win_rate": 0.64,
+            "proxy_win_rate_low": 0.52,
+            "proxy_win_rate_high": 0.75,
         },
     )
     r2 = factories.version(
@@ -231,9 +231,9 @@ def trained(project: Project, make_user: MakeUser) -> Project:
             "held_out": {"pairwise_accuracy": 0.76},
             "kl": 4.7,
             "reward": 0.83,
-            "win_rate": 0.61,
-            "win_rate_low": 0.5,
-            "win_rate_high": 0.71,
+            "proxy_win_rate": 0.61,
+            "proxy_win_rate_low": 0.5,
+            "proxy_win_rate_high": 0.71,
         },
     )
     for number, (version, parent) in enumerate(((r1, base), (r2, r1))):

@@ -27,6 +27,7 @@ from rlhf_core.reward_labels import (
     bootstrap_counts,
     expected_calibration_error,
     heads_trained_by,
+    held_out_prompt,
     item_losses,
     reward_metrics,
     score_items,
@@ -392,3 +393,10 @@ def test_the_command_refuses_label_files_without_reward_labels(tmp_path: Path) -
     with pytest.raises(RewardTrainingError, match="no pairwise, Likert"):
         args.run(args)
     assert not (tmp_path / "rm").exists()
+
+
+def test_the_held_out_split_is_independent_of_other_splits_by_the_prompts_hash() -> None:
+    prompts = [f"prompt {index}" for index in range(2000)]
+    outside = [p for p in prompts if not held_out_prompt(p, 0.2, salt="export")]
+    held = [p for p in outside if held_out_prompt(p, 0.1)]
+    assert 0.05 < len(held) / len(outside) < 0.15

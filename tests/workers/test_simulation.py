@@ -222,6 +222,6 @@ def test_a_failed_round_ends_the_simulation_with_its_reason(
 def test_the_command_line_sets_the_pace_threshold_and_rounds() -> None:
     settings = parse_args(["--labels-per-round", "30", "--rounds", "2", "--pace", "0"])
     assert (settings.labels_per_round, settings.rounds, settings.pace) == (30, 2, 0.0)
-    assert parse_args([]).preset == "demo" and parse_args([]).algorithm == "ppo"
+    assert parse_args([]).preset == "recommended" and parse_args([]).algorithm == "ppo"
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])

@@ -90,7 +90,7 @@ def test_a_full_dpo_round_registers_one_version_and_queues_its_samples_against_t
     assert version.name == f"loop-r{training_round.pk}"
     assert (model_store / version.checkpoint_dir / "metadata.json").is_file()
     assert not Path(version.checkpoint_dir).is_absolute()
-    assert {"win_rate", "kl", "held_out"} <= set(version.metrics)
+    assert {"proxy_win_rate", "kl", "held_out"} <= set(version.metrics)
     stages = set(RoundMetric.objects.filter(round=training_round).values_list("stage", flat=True))
     assert {"reward", "dpo", "evaluate"} <= stages
     reward_rows = RoundMetric.objects.filter(round=training_round, stage="reward")
@@ -112,7 +112,13 @@ def test_a_reward_round_trains_on_two_processes_through_accelerate_launch(
     project: Project,  # noqa: F811
     model_store: Path,  # noqa: F811
 ) -> None:
-    training_round = make_round(project, RoundKind.REWARD, launch={"num_processes": 2})
+    # Half the prompts held out, so the project's few prompts surely give an evaluation.
+    training_round = make_round(
+        project,
+        RoundKind.REWARD,
+        launch={"num_processes": 2},
+        reward={"held_out_fraction": 0.5},
+    )
     assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
     training_round.refresh_from_db()
     assert RoundLog.objects.filter(

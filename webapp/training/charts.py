@@ -23,7 +23,9 @@ MAX_POINTS = 240
 FIRST_KEYS = ("loss", "reward", "score", "kl", "accuracy")
 # The curves a round's page shows at once (loss, reward, KL, accuracy, win rate); the rest
 # (learning rate, gradient norm, timings, ...) behind a link.
-PRIMARY_KEYS = frozenset({"loss", "val_loss", "score", "reward", "kl", "win_rate"})
+PRIMARY_KEYS = frozenset(
+    {"loss", "val_loss", "score", "reward", "kl", "judge_win_rate", "proxy_win_rate"}
+)
 # Counters, not curves.
 SKIPPED_KEYS = frozenset({"step", "epoch"})
 

@@ -18,7 +18,7 @@ from django.db.models import Q
 from webapp.accounts.models import Role, User
 from webapp.annotation.models import ModelVersion, Project, Response
 from webapp.training.models import RoundKind, RoundState, TrainingRound
-from webapp.training.presets import PPO
+from webapp.training.presets import DEFAULT_ALGORITHM, DEFAULT_PRESET
 from webapp.training.services import RoundInputError, create_round
 
 DEMO_BASE_NAME = "demo-base"
@@ -48,7 +48,7 @@ def register_demo_base(checkpoint_dir: str = DEMO_CHECKPOINT_DIR) -> ModelVersio
 
 
 @transaction.atomic
-def prepare_demo_training(preset: str = "demo") -> DemoTraining:
+def prepare_demo_training(preset: str = DEFAULT_PRESET) -> DemoTraining:
     """Register the demo base, serve it where nothing else serves, and queue the generation
     rounds still missing (sent once this transaction commits)."""
     base = register_demo_base()
@@ -94,7 +94,7 @@ def start_round(
     kind: str,
     *,
     preset: str,
-    algorithm: str = PPO,
+    algorithm: str = DEFAULT_ALGORITHM,
     base_version: ModelVersion | None = None,
 ) -> TrainingRound:
     """Queue a round as the demo admin would from the page; the task leaves after commit."""

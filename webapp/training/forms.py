@@ -11,7 +11,13 @@ from django import forms
 from webapp.annotation.models import ModelVersion, Project
 from webapp.exports.filters import FLAGGED_CHOICES
 from webapp.training.models import RoundKind
-from webapp.training.presets import ALGORITHMS, DEFAULT_PRESET, PPO, SECTIONS, preset_choices
+from webapp.training.presets import (
+    ALGORITHM_NAMES,
+    DEFAULT_ALGORITHM,
+    DEFAULT_PRESET,
+    SECTIONS,
+    preset_choices,
+)
 
 OVERRIDES_EXAMPLE = '{"ppo": {"steps": 20, "lr": 5e-5}, "generate": {"prompts": 50}}'
 
@@ -21,9 +27,9 @@ class StartRoundForm(forms.Form):
     kind = forms.ChoiceField(choices=RoundKind.choices, initial=RoundKind.FULL)
     preset = forms.ChoiceField(choices=preset_choices, initial=DEFAULT_PRESET)
     algorithm = forms.ChoiceField(
-        choices=[(name, name.upper()) for name in ALGORITHMS],
-        initial=PPO,
-        help_text="The policy update of a full round.",
+        choices=list(ALGORITHM_NAMES.items()),
+        initial=DEFAULT_ALGORITHM,
+        help_text="The policy update of a full round (the recipes recommend PPO).",
     )
     base_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.all(),

@@ -20,13 +20,14 @@ from django.utils import timezone
 
 
 class RoundKind(models.TextChoices):
-    FULL = "full", "Full round (SFT → reward → PPO/DPO → evaluate → register → generate)"
+    FULL = "full", "Full round (SFT → reward → policy → evaluate → register → generate)"
     PRETRAIN = "pretrain", "Pretrain a base model"
     GENERATE = "generate", "Generate samples"
     SFT = "sft", "Supervised fine-tuning"
     REWARD = "reward", "Fit the reward model"
     PPO = "ppo", "PPO"
     DPO = "dpo", "DPO"
+    REJECTION_SAMPLING = "rejection_sampling", "Rejection sampling (best-of-n, then SFT)"
     EVALUATE = "evaluate", "Evaluate"
 
 
@@ -45,7 +46,7 @@ class TrainingRound(models.Model):
     project = models.ForeignKey(
         "annotation.Project", on_delete=models.PROTECT, related_name="training_rounds"
     )
-    kind = models.CharField(max_length=16, choices=RoundKind.choices)
+    kind = models.CharField(max_length=24, choices=RoundKind.choices)
     preset = models.CharField(max_length=40)
     # Every stage's settings, as rlhf_core's config dataclasses write them (`to_dict`), plus
     # "stages" (the plan), "launch" (processes per round) and "samples" (what goes back).

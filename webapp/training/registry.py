@@ -29,6 +29,7 @@ from webapp.annotation.questions import TaskType
 from webapp.exports.building import run_snapshot, snapshot_dir
 from webapp.exports.formats import DATASETS
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
+from webapp.exports.rows import split_of
 from webapp.exports.services import create_snapshot
 from webapp.training.models import RoundState, TrainingRound
 
@@ -78,15 +79,35 @@ def latest_reward_model(project: Project, *, exclude: int | None = None) -> str 
     return None
 
 
-def project_prompts(project: Project, count: int, *, seed: int = 0) -> list[Prompt]:
+def project_prompts(
+    project: Project,
+    count: int,
+    *,
+    seed: int = 0,
+    split: str | None = None,
+    snapshot: ExportSnapshot | None = None,
+) -> list[Prompt]:
     """Up to `count` of the project's prompts, those with the fewest responses first (ties in
-    a seeded random order), so that successive rounds spread over the prompts."""
-    answered = dict(
+    a seeded random order), so that successive rounds spread over the prompts.
+
+    With `split` ("train" or "test") and the round's label `snapshot`, only the prompts on that
+    side of the snapshot's train/test split (`exports.rows.split_of`, by a hash of the prompt):
+    a round trains its policy on "train" prompts and evaluates it on "test" ones, which its
+    reward model never saw labels of either."""
+    rows = (
         Prompt.objects.filter(project=project)
         .exclude(text="")
         .annotate(answered=Count("responses"))
-        .values_list("pk", "answered")
     )
+    answered = {pk: count for pk, count, _ in rows.values_list("pk", "answered", "digest")}
+    if split is not None:
+        if snapshot is None:
+            raise RegistryError("A prompt split needs the round's label snapshot.")
+        answered = {
+            pk: count
+            for pk, count, digest in rows.values_list("pk", "answered", "digest")
+            if split_of(digest, snapshot.seed, snapshot.test_share) == split
+        }
     rng = random.Random(seed)
     chosen = sorted(answered, key=lambda pk: (answered[pk], rng.random()))[:count]
     by_id = Prompt.objects.in_bulk(chosen)

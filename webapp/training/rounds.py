@@ -233,5 +233,15 @@ def record_metrics(round_id: int, stage: str, step: int, values: Mapping[str, An
     )
 
 
+WARNING = "warning"  # the RoundLog level of a trainer's warning
+
+
 def log(round_id: int, message: str, *, level: str = "info") -> None:
     RoundLog.objects.create(round_id=round_id, message=message, level=level)
+
+
+def warnings_of(round_id: int) -> list[str]:
+    """What the round's trainers said could not learn (rlhf_core.diagnostics), oldest first: the
+    round page shows them, and a version from such a round is never promoted automatically."""
+    rows = RoundLog.objects.filter(round_id=round_id, level=WARNING).order_by("at", "pk")
+    return list(rows.values_list("message", flat=True))

@@ -20,7 +20,7 @@ from webapp.annotation.models import ModelVersion, Project
 from webapp.exports.filters import ExportError, clean_filters
 from webapp.training import registry, rounds
 from webapp.training.models import RoundKind, TrainingRound
-from webapp.training.presets import ALGORITHMS, PPO, build_config
+from webapp.training.presets import ALGORITHMS, DEFAULT_ALGORITHM, build_config
 from webapp.training.rounds import RoundError
 from webapp.training.versions import project_versions
 
@@ -56,7 +56,7 @@ def create_round(
     kind: str,
     preset: str,
     *,
-    algorithm: str = PPO,
+    algorithm: str = DEFAULT_ALGORITHM,
     base_version: ModelVersion | None = None,
     label_filter: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -70,7 +70,7 @@ def create_round(
     if algorithm not in ALGORITHMS:
         raise RoundInputError(f"algorithm must be one of {', '.join(ALGORITHMS)}.", "algorithm")
     if kind in ALGORITHMS:
-        algorithm = kind  # a PPO or DPO round is its own algorithm
+        algorithm = kind  # a PPO, DPO or rejection-sampling round is its own algorithm
     base = _base_version(project, kind, base_version)
     try:
         config = build_config(kind, preset, algorithm=algorithm, overrides=dict(overrides or {}))

@@ -64,22 +64,24 @@ def version_figures(version: ModelVersion, produced_by: TrainingRound | None) ->
 
 # The figures a leaderboard row shows beside the human rating (label, key in the flattened
 # metrics); the versions page lists them all.
+# The judge is a reward model fitted on held-out labels only, which the round never optimised;
+# the proxy is the round's own reward model, which its policy did optimise (evaluate stage).
 KEY_FIGURES = (
-    ("reward-model win rate vs parent", "win_rate"),
+    ("judge win rate vs parent (held out)", "judge_win_rate"),
+    ("reward-model win rate vs parent", "proxy_win_rate"),
     ("reward-model accuracy (held out)", "held_out.pairwise_accuracy"),
     ("KL to parent", "kl"),
-    ("mean reward", "reward"),
     ("validation loss", "pretrain.val_loss"),
 )
 
 
 def key_figures(version: ModelVersion) -> dict[str, str]:
-    """The few figures worth reading at a glance; the win rate with its 95% interval."""
+    """The few figures worth reading at a glance; win rates with their 95% intervals."""
     flat = figures(version.metrics)
     shown = {label: flat[key] for label, key in KEY_FIGURES if key in flat}
-    label = KEY_FIGURES[0][0]
-    if label in shown and "win_rate_low" in flat and "win_rate_high" in flat:
-        shown[label] += f" ({flat['win_rate_low']} to {flat['win_rate_high']})"
+    for label, key in KEY_FIGURES[:2]:
+        if label in shown and f"{key}_low" in flat and f"{key}_high" in flat:
+            shown[label] += f" ({flat[f'{key}_low']} to {flat[f'{key}_high']})"
     return shown
 
 

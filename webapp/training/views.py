@@ -17,12 +17,12 @@ from django_htmx.middleware import HtmxDetails
 from webapp.accounts.decorators import role_required
 from webapp.accounts.models import Role, User
 from webapp.annotation.models import ModelVersion, Project
-from webapp.training import leaderboard, services
+from webapp.training import leaderboard, rounds, services
 from webapp.training import versions as registry_pages
 from webapp.training.charts import FRAME, metric_charts
 from webapp.training.forms import StartRoundForm
 from webapp.training.models import RoundState, TrainingRound
-from webapp.training.presets import PRESETS
+from webapp.training.presets import ALGORITHM_NAMES, PRESETS
 
 VIEWERS = (Role.RESEARCHER, Role.ADMIN)
 LIST_SIZE = 50
@@ -115,6 +115,8 @@ def _round_context(request: HttpRequest, training_round: TrainingRound) -> dict[
         "all_metrics": all_metrics,
         "frame": FRAME,
         "logs": logs,
+        "warnings": rounds.warnings_of(training_round.pk),
+        "algorithm_name": ALGORITHM_NAMES.get(training_round.config.get("algorithm", ""), ""),
         "config_json": json.dumps(training_round.config, indent=2, sort_keys=True),
         "can_act": _user(request).has_role(Role.ADMIN),
     }

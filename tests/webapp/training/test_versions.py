@@ -66,22 +66,26 @@ def test_the_gallery_pairs_the_first_response_of_each_version_on_shared_prompts(
     assert len(gallery(project, a, b, size=0)) == 0
 
 
-def test_key_figures_pick_the_evaluation_s_main_numbers_with_the_win_rate_interval() -> None:
+def test_key_figures_pick_the_evaluation_s_main_numbers_with_the_win_rate_intervals() -> None:
     from webapp.annotation.models import ModelVersion
     from webapp.training.versions import key_figures
 
     version = ModelVersion(
         name="v",
         metrics={
-            "win_rate": 0.75,
-            "win_rate_low": 0.6,
-            "win_rate_high": 0.86,
+            "judge_win_rate": 0.6,
+            "judge_win_rate_low": 0.45,
+            "judge_win_rate_high": 0.73,
+            "proxy_win_rate": 0.75,
+            "proxy_win_rate_low": 0.6,
+            "proxy_win_rate_high": 0.86,
             "kl": 2.5,
             "held_out": {"pairwise_accuracy": 0.7, "loss": 0.6},
             "prompts": 12,
         },
     )
     assert key_figures(version) == {
+        "judge win rate vs parent (held out)": "0.6 (0.45 to 0.73)",
         "reward-model win rate vs parent": "0.75 (0.6 to 0.86)",
         "reward-model accuracy (held out)": "0.7",
         "KL to parent": "2.5",

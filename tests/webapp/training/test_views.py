@@ -28,9 +28,9 @@ Sent = list[tuple[str, list[int]]]
 # What a round's evaluate stage records on the version it registers (workers/round_stages.py).
 EVALUATION = {
     "held_out": {"pairwise_accuracy": 0.71},
-    "win_rate": 0.8,
-    "win_rate_low": 0.6,
-    "win_rate_high": 0.9,
+    "proxy_win_rate": 0.8,
+    "proxy_win_rate_low": 0.6,
+    "proxy_win_rate_high": 0.9,
     "kl": 0.5,
 }
 

@@ -28,7 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from webapp.annotation.demo import seed_demo_projects
 from webapp.core.demo import DemoAccount, ensure_demo_accounts
 from webapp.training.demo import SIMULATED_PROJECT, prepare_demo_training
-from webapp.training.presets import PRESETS
+from webapp.training.presets import DEFAULT_PRESET, PRESETS
 
 READY_TIMEOUT_S = 60
 SIMULATION = "simulation"
@@ -50,8 +50,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--round-preset",
             choices=sorted(PRESETS),
-            default="demo",
-            help="preset of the rounds the demo starts (%(default)s; ci: seconds, learns little)",
+            default=DEFAULT_PRESET,
+            help="preset of the rounds the demo starts (%(default)s: the recipe for the demo "
+            "model's size; ci: seconds, learns little)",
         )
         simulate = parser.add_argument_group(
             "simulated annotators",
