@@ -194,6 +194,19 @@ def unmerge(model: nn.Module, scope: str) -> None:
 
 
 @torch.no_grad()
+def merge_and_remove(model: nn.Module, scope: str) -> None:
+    """Fold `scope` into the base weights for good and remove its adapters (deactivating it),
+    so that a new adapter of the same name can train on top, e.g. the next round of SFT."""
+    for layer in _layers_with(model, scope):
+        if scope not in layer.merged_scopes:
+            layer.weight += layer.adapter(scope).delta_weight()
+        del layer.adapters[scope]
+        layer.merged_scopes.discard(scope)
+        if layer.active_scope == scope:
+            layer.active_scope = None
+
+
+@torch.no_grad()
 def merged_copy(model: PaLM, scope: str | None) -> PaLM:
     """A plain PaLM (no adapters, every weight trainable) equal to `model` with `scope` active
     (the base alone for None), built beside it on its device; `model` is not touched."""

@@ -146,8 +146,12 @@ def parameter_count(config: PaLMConfig) -> int:
     kv = config.kv_heads * config.dim_head
     hidden = config.ff_mult * config.dim
     fused = config.dim * (inner + 2 * kv + 2 * hidden)
-    per_layer = fused + inner * config.dim + hidden * config.dim + config.dim
-    return config.num_tokens * config.dim + config.depth * per_layer + config.dim
+    qk_gains = 2 * config.dim_head if config.qk_norm else 0
+    per_layer = fused + inner * config.dim + hidden * config.dim + config.dim + qk_gains
+    # The relative position bias is one table shared by every layer.
+    relative = config.relative_buckets * config.heads
+    bias = relative if config.position_encoding == "relative_bias" else 0
+    return config.num_tokens * config.dim + config.depth * per_layer + config.dim + bias
 
 
 def recipe_for(config: PaLMConfig) -> Recipe:

@@ -34,11 +34,13 @@ from rlhf_core.finetuning import (
     add_finetune_options,
     finetune_options,
 )
+from rlhf_core.lora import merge_and_remove
 from rlhf_core.palm import PaLM
 from rlhf_core.ppo_command import read_prompts
 from rlhf_core.records import Demonstration
 from rlhf_core.reward_io import load_reward_model
 from rlhf_core.rollout import Scorer, ends_with_eos
+from rlhf_core.sft import LORA_SCOPE as SFT_LORA_SCOPE
 from rlhf_core.sft import SFTConfig, train_sft
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import NoCallback, TrainingCallback
@@ -119,7 +121,9 @@ def select_winners(
         best = int(row.argmax())
         text = texts[index * n + best]
         # An empty answer cannot be a demonstration; a prompt whose candidates tie teaches nothing.
-        if text.strip() and float(row[best] - row.mean()) > min_margin:
+        # The mean of the differences is exactly 0 on a tie; `row[best] - row.mean()` may not be
+        # (the mean of eight scores of 0.3 rounds below 0.3 in float32).
+        if text.strip() and float((row[best] - row).mean()) > min_margin:
             winners.append((prompt, text, float(row[best])))
     return winners
 
@@ -159,6 +163,9 @@ def train_rejection_sampling(
         if winners:
             demonstrations = [Demonstration(p, r, "rejection_sampling") for p, r, _ in winners]
             result = train_sft(policy, tokenizer, demonstrations, config.sft(iteration))
+            if config.lora_rank is not None:
+                # The next iteration's SFT adds its own adapter, and refuses an active one.
+                merge_and_remove(policy, SFT_LORA_SCOPE)
             steps += result.steps
             row["loss"] = result.metrics.get("loss", float("nan"))
         history.append(row)

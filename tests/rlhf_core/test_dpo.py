@@ -75,6 +75,17 @@ def test_metrics_on_a_hand_made_batch() -> None:
     )
 
 
+def test_chosen_and_rejected_keep_the_same_prompt_tokens_under_truncation() -> None:
+    pair = PairwisePreference("p" * 20, "ee", "x" * 10)
+    rows = encode_pairs_for_dpo(TOKENIZER, [pair], torch.ones(1), max_length=16)
+    chosen, rejected = rows.chosen[0], rows.rejected[0]
+    prompts = [row.ids[: len(row.ids) - row.response_length] for row in (chosen, rejected)]
+    assert prompts == [TOKENIZER.encode("p" * 5)] * 2
+    # Cut one by one, the short chosen row would have kept 13 prompt tokens, the rejected 5.
+    alone = encode_responses(TOKENIZER, [pair.prompt] * 2, [pair.chosen, pair.rejected], 16)
+    assert alone[0].ids[:-3] == TOKENIZER.encode("p" * 13) != prompts[0]
+
+
 class CountingPaLM(PaLM):
     """A reference that counts its forward passes."""
 

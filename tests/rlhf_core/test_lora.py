@@ -8,6 +8,7 @@ from rlhf_core.lora import (
     add_lora,
     lora_parameters,
     merge,
+    merge_and_remove,
     set_active_scope,
     train_only_last_layers,
     unmerge,
@@ -86,6 +87,38 @@ def test_merge_then_unmerge_round_trips_outputs(model: PaLM, tokens: torch.Tenso
     torch.testing.assert_close(model(tokens), adapted, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not merged"):
         unmerge(model, "actor")
+
+
+def test_merge_and_remove_keeps_the_outputs_and_frees_the_scope_for_a_new_adapter(
+    model: PaLM, tokens: torch.Tensor
+) -> None:
+    perturb(add_lora(model, "sft"))
+    set_active_scope(model, "sft")
+    with torch.no_grad():
+        adapted = model(tokens)
+        merge_and_remove(model, "sft")
+        torch.testing.assert_close(model(tokens), adapted, rtol=1e-4, atol=1e-4)
+        with adapters_disabled(model):  # the update is the base weight's own now
+            torch.testing.assert_close(model(tokens), adapted, rtol=1e-4, atol=1e-4)
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert all(not layer.adapters and layer.active_scope is None for layer in layers)
+    assert not any(".adapters." in name for name in model.state_dict())
+    add_lora(model, "sft")  # a second round of the same scope
+    set_active_scope(model, "sft")
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_and_remove_folds_a_merged_scope_in_only_once(
+    model: PaLM, tokens: torch.Tensor
+) -> None:
+    perturb(add_lora(model, "sft"))
+    set_active_scope(model, "sft")
+    with torch.no_grad():
+        adapted = model(tokens)
+        merge(model, "sft")
+        merge_and_remove(model, "sft")
+        torch.testing.assert_close(model(tokens), adapted, rtol=1e-4, atol=1e-4)
 
 
 def test_disabled_adapters_give_the_base_model(model: PaLM, tokens: torch.Tensor) -> None:
