@@ -357,13 +357,13 @@ def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, chann
     inputs = spec["inputs"]
     labels = [r for r in held if not hasattr(r, "scores")]  # preferences, rankings, rewrites
     if not labels or not inputs.get("parent"):
-        channel.log("evaluate: no held-out preferences, so no independent judge.")
+        channel.log("no held-out preferences, so no independent judge.")
         return None
     heads = heads_for(labels, base=defaults.reward_head)
     preferences = strict_preferences(to_items(labels, heads, defaults.reward.losses))
     if preferences < MIN_JUDGE_PREFERENCES:
         channel.log(
-            f"evaluate: {preferences} held-out preference(s), fewer than "
+            f"{preferences} held-out preference(s), fewer than "
             f"{MIN_JUDGE_PREFERENCES}: no independent judge this round."
         )
         return None
@@ -371,7 +371,7 @@ def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, chann
     judge = RewardModel(base.model.train(), heads)
     config = dataclasses.replace(defaults.reward, held_out_fraction=0.0, patience=None)
     train_reward_model(judge, base.tokenizer, labels, config)
-    channel.log(f"evaluate: a judge fitted on {preferences} held-out preferences.")
+    channel.log(f"a judge fitted on {preferences} held-out preferences.")
     return reward_model_scorer(judge, base.tokenizer)
 
 

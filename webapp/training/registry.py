@@ -14,6 +14,7 @@ row lock) and checks that it was not done already.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from django.db.models import Count
 from webapp.annotation.items import ItemPlan, create_items_in_bulk, item_groups
 from webapp.annotation.models import ModelVersion, Project, Prompt, Response
 from webapp.annotation.questions import TaskType
-from webapp.exports.building import run_snapshot, snapshot_dir
+from webapp.exports.building import MANIFEST, run_snapshot, snapshot_dir
 from webapp.exports.formats import DATASETS
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
 from webapp.exports.rows import split_of
@@ -179,7 +180,10 @@ def label_inputs(snapshot: ExportSnapshot) -> dict[str, Any]:
         if entry["rows"]:
             by_split.setdefault(entry["split"], []).append(str(directory / entry["name"]))
         rows[entry["dataset"]] = rows.get(entry["dataset"], 0) + (entry["rows"] or 0)
-    scales = snapshot.manifest.get("likert_attributes", {})
+    # From the snapshot's manifest file, not its row: PostgreSQL's jsonb keeps no key order,
+    # and the attributes' order is the questions' (the first drives a Likert-only reward).
+    written = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    scales = written.get("likert_attributes", {})
     first = next(iter(scales.values()), None)
     return {
         "labels": by_split,

@@ -131,6 +131,24 @@ def test_the_label_snapshot_is_built_once_with_its_hash(project: Project) -> Non
     assert all(Path(path).is_file() for path in inputs["labels"]["train"])
 
 
+def test_label_inputs_name_the_likert_attributes_in_the_order_of_the_questions(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base: ModelVersion,
+) -> None:
+    rating = make_project(TaskType.RATING, slug="rated", serving_version=base)
+    (item,) = add_items(rating, prompts=1, responses=1)
+    add_label(item, annotator, "helpfulness", {"score": 4})
+    add_label(item, annotator, "correctness", {"score": 2})
+    snapshot = registry.snapshot_labels(running_round(rating, kind=RoundKind.REWARD))
+    # Helpfulness is asked first, so it drives a Likert-only reward model (PostgreSQL's jsonb
+    # row of the manifest lists correctness first: it orders keys by length, then bytes).
+    likert = registry.label_inputs(snapshot)["likert"]
+    assert likert == {"attributes": ["helpfulness", "correctness"], "scale": [1, 5]}
+
+
 def test_the_latest_reward_model_comes_from_a_succeeded_round_that_fitted_one(
     project: Project,
 ) -> None:
