@@ -204,6 +204,29 @@ def test_a_new_version_people_did_not_prefer_is_not_promoted(
     assert "won 0% of 12 votes against its parent; demo-base keeps serving" in out.getvalue()
 
 
+def test_a_preferred_version_whose_round_warned_is_not_promoted(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warning = "ppo: every response got the same score in all 2 iterations"
+
+    def warned(self: Simulation, training_round: TrainingRound) -> TrainingRound:
+        finished = play_round_as_a_worker(training_round)  # people will prefer the new version
+        rounds.log(finished.pk, warning, level=rounds.WARNING)
+        return finished
+
+    monkeypatch.setattr(Simulation, "follow", warned)
+    sim, out = simulation()
+    assert sim.run()
+    project.refresh_from_db()
+    assert project.serving_version == register_demo_base()
+    new = TrainingRound.objects.get(kind=RoundKind.FULL).result_version
+    assert new is not None
+    assert (
+        f"{new.name} won 100% of 12 votes against its parent, but its round warned ({warning}): "
+        "never promoted automatically; demo-base keeps serving."
+    ) in out.getvalue()
+
+
 def test_a_failed_round_ends_the_simulation_with_its_reason(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,26 +6,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
+from rlhf_core.checkpoint import CONFIG_FILE, read_model_config
+from rlhf_core.recipes import recipe_for
+from rlhf_core.reward_io import load_reward_model
+from rlhf_core.sequences import collate, encode_responses
 from tests.webapp.annotation.conftest import AddItems, MakeProject
 from tests.webapp.exports.conftest import AddLabel
 from tests.workers.training_fixtures import (  # noqa: F401 (fixtures)
+    BASE_CHECKPOINT,
     add_items,
     add_label,
     base_version,
+    likert_project,
     make_project,
     make_round,
     model_store,
+    prefer_the_tree,
     project,
     tiny_checkpoint,
 )
 from webapp.accounts.models import User
-from webapp.annotation.models import Item, ModelVersion, Project, Response
+from webapp.annotation.models import Item, ModelVersion, Project, Prompt, Response
 from webapp.annotation.questions import TaskType
-from webapp.training import presets
-from webapp.training.models import RoundKind, RoundLog, RoundMetric, RoundState
+from webapp.exports.rows import split_of
+from webapp.training import presets, rounds
+from webapp.training.models import RoundKind, RoundLog, RoundMetric, RoundState, TrainingRound
+from workers.stage_runner import MIN_JUDGE_PREFERENCES
 from workers.training import run_round
 
 
@@ -183,3 +194,221 @@ def test_an_sft_round_fine_tunes_the_base_on_the_rewrites(
     assert version is not None and version.parent == base_version
     assert version.checkpoint_dir.endswith("stages/sft/model")
     assert RoundMetric.objects.filter(round=training_round, stage="sft", step=1).exists()
+
+
+def logged(training_round: TrainingRound) -> list[str]:
+    return list(
+        RoundLog.objects.filter(round=training_round)
+        .order_by("pk")
+        .values_list("message", flat=True)
+    )
+
+
+def prompt_ids(store: Path, training_round: TrainingRound, use: str) -> list[int]:
+    """The prompts the round chose for `use` (its prompts-<use>.jsonl)."""
+    lines = (store / training_round.run_dir / f"prompts-{use}.jsonl").read_text()
+    return [json.loads(line)["id"] for line in lines.splitlines() if line.strip()]
+
+
+def sides(training_round: TrainingRound) -> dict[str, set[int]]:
+    """The project's prompts on each side of the round's label snapshot's train/test split."""
+    snapshot = training_round.label_snapshot
+    assert snapshot is not None
+    found: dict[str, set[int]] = {"train": set(), "test": set()}
+    for pk, digest in Prompt.objects.filter(project=training_round.project).values_list(
+        "pk", "digest"
+    ):
+        found[split_of(digest, snapshot.seed, snapshot.test_share)].add(pk)
+    return found
+
+
+def base_recipe(store: Path) -> Any:
+    """The recipe for the size of the tests' base model."""
+    return recipe_for(read_model_config(store / BASE_CHECKPOINT / CONFIG_FILE))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_likert_only_reward_round_trains_a_reward_model_whose_reward_is_the_expected_score(
+    likert_project: Project,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    training_round = make_round(likert_project, RoundKind.REWARD)
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
+    training_round.refresh_from_db()
+    assert training_round.summary["reward"]["heads"] == ["likert"]
+    model, tokenizer = load_reward_model(
+        model_store / training_round.run_dir / "stages/reward/model", "cpu"
+    )
+    # No scalar head: nothing could have trained it (before, every reward model had one).
+    assert model.config.pairwise is False and model.scalar_head is None
+    assert model.config.attributes == ("helpfulness", "correctness")
+    assert model.trained_heads == {"likert"}
+    prompts = ["Prompt 0: explain item 0."] * 2
+    responses = ["see the tree 0", "a calm cat 1"]
+    batch = collate(encode_responses(tokenizer, prompts, responses), tokenizer.pad_id)
+    with torch.no_grad():
+        output = model(batch.tokens, batch.attention_mask, batch.response_mask)
+    assert output.member_rewards is None and output.expected_scores is not None
+    # The reward is the expected helpfulness on the 1-5 scale, and the model scores with it.
+    torch.testing.assert_close(output.rewards, output.expected_scores[:, 0])
+    assert ((output.rewards >= 1) & (output.rewards <= 5)).all()
+    assert model.score(prompts, responses, tokenizer).isfinite().all()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_reward_round_starts_from_the_recipe_for_the_base_models_size(
+    project: Project,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    training_round = make_round(project, RoundKind.REWARD)
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
+    training_round.refresh_from_db()
+    resolved = training_round.config["resolved"]["reward"]
+    recipe = base_recipe(model_store)
+    assert recipe.name == "cpu_small"  # the tiny model's size
+    # What the "ci" preset does not set comes from the recipe, not the dataclass's defaults...
+    assert "lr" not in presets.PRESETS["ci"]["reward"]
+    assert resolved["lr"] == recipe.reward.lr != type(recipe.reward)().lr
+    assert resolved["warmup_steps"] == recipe.reward.warmup_steps
+    assert resolved["held_out_fraction"] == recipe.reward.held_out_fraction
+    # ... and what it sets overrides the recipe.
+    assert resolved["max_steps"] == presets.PRESETS["ci"]["reward"]["max_steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_reward_model_with_too_few_held_out_preferences_warns_the_round(
+    project: Project,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    # Half of the 11 training prompts held out: a handful of preferences, too few to tell.
+    training_round = make_round(project, RoundKind.REWARD, reward={"held_out_fraction": 0.5})
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
+    training_round.refresh_from_db()
+    summary = training_round.summary["reward"]
+    assert 0 < summary["held_out_preferences"] < 20
+    [warning] = summary["warnings"]
+    assert warning.startswith(f"only {summary['held_out_preferences']} held-out preference(s)")
+    assert rounds.warnings_of(training_round.pk) == [f"reward: {warning}"]
+    assert RoundLog.objects.get(round=training_round, level="warning").message == (
+        f"reward: {warning}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_ppo_round_trains_on_the_snapshots_training_prompts_and_evaluates_on_its_test_prompts(
+    project: Project,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    add_items(project, prompts=8, responses=2)  # unlabelled prompts: two more on the test side
+    training_round = make_round(project, RoundKind.FULL)
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
+    training_round.refresh_from_db()
+    split = sides(training_round)
+    assert len(split["test"]) == 3 and len(split["train"]) == 17
+    trained_on = prompt_ids(model_store, training_round, presets.PPO)
+    evaluated_on = prompt_ids(model_store, training_round, presets.EVALUATE)
+    assert not set(trained_on) & set(evaluated_on)
+    assert set(trained_on) == split["train"]  # every training prompt, and only those
+    assert set(evaluated_on) == split["test"]  # fewer than the preset's 4 prompts: all of them
+    evaluation = training_round.summary["evaluate"]
+    assert evaluation["prompts"] == 3 and evaluation["held_out_labels"] == 1
+    # The round's own reward model judges; one held-out preference is too few for a judge.
+    version = training_round.result_version
+    assert version is not None
+    assert {"proxy_win_rate", "proxy_win_rate_low", "proxy_win_rate_high"} <= set(version.metrics)
+    assert "judge_win_rate" not in version.metrics
+    assert (
+        f"evaluate: 1 held-out preference(s), fewer than {MIN_JUDGE_PREFERENCES}: "
+        "no independent judge this round."
+    ) in logged(training_round)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_the_evaluate_stage_judges_by_a_reward_model_fitted_on_the_held_out_labels(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base_version: ModelVersion,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    judged = make_project(TaskType.PAIRWISE, slug="judged", serving_version=base_version)
+    # 135 labelled prompts: 20 of them on the snapshot's test side (seed 0, test share 0.1).
+    prefer_the_tree(add_items(judged, prompts=135, responses=2), annotator, add_label)
+    training_round = make_round(judged, RoundKind.FULL)
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.SUCCEEDED
+    training_round.refresh_from_db()
+    held_out = len(sides(training_round)["test"])
+    assert held_out == MIN_JUDGE_PREFERENCES
+    assert training_round.summary["evaluate"]["held_out_labels"] == held_out
+    version = training_round.result_version
+    assert version is not None
+    for scorer in ("judge", "proxy"):  # the held-out judge beside the round's own reward model
+        rate = version.metrics[f"{scorer}_win_rate"]
+        low, high = (
+            version.metrics[f"{scorer}_win_rate_low"],
+            version.metrics[f"{scorer}_win_rate_high"],
+        )
+        assert 0 <= low <= rate <= high <= 1
+    assert f"evaluate: a judge fitted on {held_out} held-out preferences." in logged(training_round)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_evaluation_fails_with_the_reason_when_the_test_split_holds_no_prompt(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base_version: ModelVersion,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    child = ModelVersion.objects.create(
+        name="child", parent=base_version, checkpoint_dir=base_version.checkpoint_dir
+    )
+    unsplit = make_project(TaskType.PAIRWISE, slug="unsplit", serving_version=child)
+    prefer_the_tree(add_items(unsplit, prompts=7, responses=2), annotator, add_label)
+    training_round = make_round(unsplit, RoundKind.EVALUATE)
+    assert run_round.apply(args=[training_round.pk]).get() == RoundState.FAILED
+    training_round.refresh_from_db()
+    assert sides(training_round)["test"] == set()  # prompts 0 to 6 all train
+    assert training_round.error == (
+        "evaluate: Project unsplit has no prompts on the test side of the label snapshot's "
+        "split to sample."
+    )
+    assert training_round.stages_done == [presets.LABELS]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_rejection_sampling_rounds_register_a_version_with_their_resolved_settings(
+    project: Project,  # noqa: F811
+    base_version: ModelVersion,  # noqa: F811
+    model_store: Path,  # noqa: F811
+) -> None:
+    recipe = base_recipe(model_store)
+    # A full round with rejection sampling fits the reward model that a rejection sampling
+    # round (which fits none) then samples against.
+    full = make_round(project, RoundKind.FULL, algorithm=presets.REJECTION_SAMPLING)
+    assert run_round.apply(args=[full.pk]).get() == RoundState.SUCCEEDED
+    alone = make_round(project, RoundKind.REJECTION_SAMPLING)
+    assert run_round.apply(args=[alone.pk]).get() == RoundState.SUCCEEDED
+    for training_round, kind in ((full, RoundKind.FULL), (alone, RoundKind.REJECTION_SAMPLING)):
+        training_round.refresh_from_db()
+        assert training_round.stages_done == presets.plan(kind, presets.REJECTION_SAMPLING)
+        resolved = training_round.config["resolved"][presets.REJECTION_SAMPLING]
+        assert resolved["dataclass"] == "RejectionSamplingConfig"
+        assert resolved["iterations"] == 1  # the preset's
+        assert resolved["lr"] == recipe.rejection_sampling.lr  # the recipe's
+        version = training_round.result_version
+        assert version is not None and version.parent == base_version
+        assert version.checkpoint_dir.endswith("stages/rejection_sampling/model")
+        assert (model_store / version.checkpoint_dir / "metadata.json").is_file()
+        assert "proxy_win_rate" in version.metrics
+    assert presets.REWARD not in alone.stages_done

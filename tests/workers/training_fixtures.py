@@ -26,7 +26,7 @@ from tests.webapp.annotation.conftest import AddItems, MakeProject, add_items, m
 from tests.webapp.exports.conftest import AddLabel, add_label, win  # noqa: F401 (fixtures)
 from tests.workers.conftest import process_env
 from webapp.accounts.models import User
-from webapp.annotation.models import ModelVersion, Project, Response
+from webapp.annotation.models import Item, ModelVersion, Project, Response
 from webapp.annotation.questions import TaskType
 from webapp.celery_app import app
 from webapp.training import presets
@@ -79,15 +79,41 @@ def project(
     base_version: ModelVersion,
 ) -> Project:
     """A pairwise project serving the base model, with 12 labelled pairs: the annotator
-    prefers the answer about the tree."""
-    project = make_project(TaskType.PAIRWISE, slug="loop")
-    for number, item in enumerate(add_items(project, prompts=12, responses=2)):
+    prefers the answer about the tree. One of the 12 prompts is on the test side of a label
+    snapshot's split (the default seed and test share)."""
+    project = make_project(TaskType.PAIRWISE, slug="loop", serving_version=base_version)
+    prefer_the_tree(add_items(project, prompts=12, responses=2), annotator, add_label)
+    return project
+
+
+def prefer_the_tree(items: list[Item], annotator: User, add_label: AddLabel) -> None:  # noqa: F811
+    """Each pair becomes an answer about the tree against one about a cat, and the annotator
+    prefers the tree (by 1 to 3 grades)."""
+    for number, item in enumerate(items):
         first, second = item.placements.order_by("position")
         Response.objects.filter(pk=first.response_id).update(text=f"see the tree {number}")
         Response.objects.filter(pk=second.response_id).update(text=f"a calm cat {number}")
         add_label(item, annotator, "preference", win(item, 0, 1 + number % 3))
-    project.serving_version = base_version
-    project.save(update_fields=["serving_version"])
+
+
+@pytest.fixture
+def likert_project(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base_version: ModelVersion,
+) -> Project:
+    """A rating project serving the base model, with 12 responses rated on its two Likert
+    questions (helpfulness, correctness; 1 to 5): answers about the tree high, about a cat
+    low. No pair, ranking or rewrite anywhere."""
+    project = make_project(TaskType.RATING, slug="ratings", serving_version=base_version)
+    for number, item in enumerate(add_items(project, prompts=12, responses=1)):
+        tree = number % 2 == 0
+        text = f"see the tree {number}" if tree else f"a calm cat {number}"
+        Response.objects.filter(pk=item.responses.get().pk).update(text=text)
+        add_label(item, annotator, "helpfulness", {"score": 5 if tree else 1})
+        add_label(item, annotator, "correctness", {"score": 4 if tree else 2})
     return project
 
 

@@ -3,6 +3,7 @@ fragment, cancel and resume (409 when refused), versions, promote, compare and l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -229,6 +230,18 @@ def test_a_bad_form_answers_422_with_the_message_and_writes_nothing(
     assert TrainingRound.objects.count() == before and sent == []
 
 
+def test_the_form_offers_every_algorithm_with_ppo_and_the_recommended_preset_preselected(
+    project: Project, admin_user: User
+) -> None:
+    page = client_for(admin_user).get(reverse("training:start")).content.decode()
+    algorithms = page.split('name="algorithm"')[1].split("</select>")[0]
+    assert re.findall(r'<option value="(\w+)"', algorithms) == ["ppo", "dpo", "rejection_sampling"]
+    assert '<option value="ppo" selected>PPO</option>' in algorithms
+    assert '<option value="rejection_sampling">Rejection sampling</option>' in algorithms
+    chosen = page.split('name="preset"')[1].split("</select>")[0]
+    assert '<option value="recommended" selected>' in chosen
+
+
 def test_the_form_preselects_the_project_from_the_query(project: Project, admin_user: User) -> None:
     page = client_for(admin_user).get(reverse("training:start") + "?project=support")
     assert '<option value="support" selected>' in page.content.decode()
@@ -293,6 +306,21 @@ def test_a_finished_round_s_fragment_stops_polling(project: Project, admin_user:
     html = fragment.content.decode()
     assert 'data-state="succeeded"' in html and "hx-trigger" not in html
     assert "support-r1" in html and "Cancel round" not in html and "Resume" not in html
+
+
+def test_the_round_page_says_when_a_round_may_not_have_learned(
+    running: TrainingRound, researcher: User
+) -> None:
+    url = reverse("training:round", args=[running.pk])
+    client = client_for(researcher)
+    assert "may not have learned" not in client.get(url).content.decode()
+    warning = "reward: only 3 held-out preference(s): the reward model's accuracy says little"
+    rounds.log(running.pk, warning, level=rounds.WARNING)
+    for page in (client.get(url), client.get(url, **HTMX)):  # the page and its live fragment
+        html = page.content.decode()
+        box = html.split('class="learning-warnings"')[1].split("</div>")[0]
+        assert "This round may not have learned" in box
+        assert "<li>reward: only 3 held-out preference(s)" in box
 
 
 def test_the_round_page_shows_its_inputs_and_config(project: Project, researcher: User) -> None:
