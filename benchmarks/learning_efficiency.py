@@ -70,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithm", help="default: the recipe's")
     parser.add_argument("--skip-policy", action="store_true", help="reward models only")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=JSON",
+        help="change one recipe setting, e.g. ppo.steps=40 (an ablation: the defaults are what "
+        "the benchmark measures without it)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also append the JSON lines here")
     parser.add_argument(
@@ -91,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_seed(args: argparse.Namespace, base: Path, seed: int) -> None:
     checkpoint = load_checkpoint(base)
-    recipe = recipe_for(checkpoint.config)
+    recipe = with_changes(recipe_for(checkpoint.config), args.set)
     prompts = demo_prompts(PROMPTS, seed=seed)
     train = [p for p in prompts if not held_out_prompt(p, HELD_OUT, salt="benchmark")]
     held = [p for p in prompts if held_out_prompt(p, HELD_OUT, salt="benchmark")]
@@ -112,6 +120,8 @@ def run_seed(args: argparse.Namespace, base: Path, seed: int) -> None:
                 args, base, recipe, preference, train, train_texts, held, held_texts, budget, seed
             )
             row = {"seed": seed, "preference": name, "labels": budget, **row}
+            if args.set:
+                row["changes"] = args.set
             row["seconds"] = round(time.perf_counter() - started, 1)
             line = json.dumps(row)
             print(line, flush=True)
@@ -232,6 +242,18 @@ def run_budget(
         "policy_seconds": round(policy_seconds, 1),
     }
     return row
+
+
+def with_changes(recipe: Recipe, changes: Sequence[str]) -> Recipe:
+    """`recipe` with each SECTION.FIELD=JSON of `changes` applied (see --set)."""
+    import dataclasses
+
+    for change in changes:
+        target, _, value = change.partition("=")
+        section, _, name = target.partition(".")
+        part = dataclasses.replace(getattr(recipe, section), **{name: json.loads(value)})
+        recipe = dataclasses.replace(recipe, **{section: part})
+    return recipe
 
 
 def preference_name(preference: Preference) -> str:

@@ -49,11 +49,12 @@ from workers.stage_channel import (
 
 
 def settings_for(
-    defaults: Any, section: Mapping[str, Any], channel: Channel, *, name: str | None = None
+    defaults: Any, section: Mapping[str, Any], channel: Channel, *, part: str | None = None
 ) -> Any:
     """`defaults` (a config dataclass: the recipe's, `rlhf_core.recipes`) with the round's
     `section` merged in, refusing unknown names with the known ones listed. The resolved
-    settings (every field) go to the round's stored config under `name` (default: the class)."""
+    settings (every field) go to the round's stored config under the stage's name, or
+    `<stage>_<part>` for a second dataclass of one stage (the reward model's head)."""
     cls = type(defaults)
     known = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(section) - known)
@@ -67,7 +68,7 @@ def settings_for(
     except (TypeError, ValueError) as error:
         raise StageError(f"{cls.__name__}: {error}") from error
     resolved = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
-    channel.send("config", dataclass=name or cls.__name__, values=resolved)
+    channel.send("config", dataclass=cls.__name__, values=resolved, part=part)
     return settings
 
 
@@ -155,7 +156,7 @@ def run_reward(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[st
 
     section = dict(spec["config"])
     defaults = recipe(spec)
-    head = settings_for(defaults.reward_head, section.pop("head", {}), channel)
+    head = settings_for(defaults.reward_head, section.pop("head", {}), channel, part="head")
     config = settings_for(defaults.reward, section, channel)
     labels = [r for r in read_labels(spec, "train") if not isinstance(r, Demonstration)]
     if not labels:
@@ -304,7 +305,7 @@ def run_evaluate(spec: Mapping[str, Any], work: Path, channel: Channel) -> dict[
             summary["held_out"] = evaluate_reward_model(reward_model, reward_tokenizer, held)
         scorers["proxy"] = reward_model_scorer(reward_model, reward_tokenizer)
     channel.metric(1, {})
-    judge = fit_judge(spec, held, defaults, channel)
+    judge = fit_judge(spec, held, defaults, channel, section.get("judge", {}))
     if judge is not None:
         scorers["judge"] = judge
     channel.metric(2, {})
@@ -344,10 +345,17 @@ def _zero_scorer(prompts: Sequence[str], responses: Sequence[str]) -> Any:
 MIN_JUDGE_PREFERENCES = 20
 
 
-def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, channel: Channel) -> Any:
+def fit_judge(
+    spec: Mapping[str, Any],
+    held: Sequence[Any],
+    defaults: Any,
+    channel: Channel,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
     """A reward model fitted on the held-out labels alone, from the parent's backbone: a judge
     that neither the round's reward model nor its policy ever saw. None, with a log line, when
-    the held-out labels hold fewer than MIN_JUDGE_PREFERENCES strict preferences."""
+    the held-out labels hold fewer than MIN_JUDGE_PREFERENCES strict preferences. `overrides`
+    (the evaluate section's "judge") change the recipe's reward-training settings."""
     from rlhf_core.checkpoint import load_checkpoint
     from rlhf_core.reward import RewardModel
     from rlhf_core.reward_labels import to_items
@@ -356,7 +364,9 @@ def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, chann
 
     inputs = spec["inputs"]
     labels = [r for r in held if not hasattr(r, "scores")]  # preferences, rankings, rewrites
-    if not labels or not inputs.get("parent"):
+    if not inputs.get("parent"):
+        return None  # nothing to compare the new policy with
+    if not labels:
         channel.log("no held-out preferences, so no independent judge.")
         return None
     heads = heads_for(labels, base=defaults.reward_head)
@@ -369,7 +379,10 @@ def fit_judge(spec: Mapping[str, Any], held: Sequence[Any], defaults: Any, chann
         return None
     base = load_checkpoint(Path(inputs["parent"]), device=device())
     judge = RewardModel(base.model.train(), heads)
-    config = dataclasses.replace(defaults.reward, held_out_fraction=0.0, patience=None)
+    # Every held-out label trains the judge: none is left to stop early on.
+    config = dataclasses.replace(
+        defaults.reward, held_out_fraction=0.0, patience=None, **(overrides or {})
+    )
     train_reward_model(judge, base.tokenizer, labels, config)
     channel.log(f"a judge fitted on {preferences} held-out preferences.")
     return reward_model_scorer(judge, base.tokenizer)

@@ -318,7 +318,8 @@ class RoundRun:
                     rounds.log(self.round_id, f"{stage}: {event['message']}", level="warning")
                 elif kind == "config":
                     resolved = {"dataclass": event["dataclass"], **event["values"]}
-                    rounds.record_resolved_config(self.round_id, self.worker, stage, resolved)
+                    key = f"{stage}_{event['part']}" if event.get("part") else stage
+                    rounds.record_resolved_config(self.round_id, self.worker, key, resolved)
                 elif kind == "error":
                     error = str(event["message"])
             if code is not None:

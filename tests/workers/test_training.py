@@ -94,6 +94,8 @@ def test_a_full_dpo_round_registers_one_version_and_queues_its_samples_against_t
     resolved = training_round.config["resolved"]
     assert resolved["dpo"]["dataclass"] == "DPOConfig" and "beta" in resolved["dpo"]
     assert resolved["reward"]["dataclass"] == "RewardTrainingConfig"
+    assert resolved["reward_head"]["dataclass"] == "RewardHeadConfig"
+    assert resolved["reward_head"]["members"] == training_round.config["reward"]["head"]["members"]
     assert resolved["reward"]["max_steps"] == training_round.config["reward"]["max_steps"]
     assert training_round.summary["sft"] == {"skipped": "no demonstrations"}
     version = training_round.result_version

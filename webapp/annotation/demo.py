@@ -34,6 +34,9 @@ from webapp.annotation.projects import create_project
 from webapp.annotation.questions import TaskType, clean_answer
 
 DATA = Path(__file__).parent / "demo_data" / "prompts.json"
+# Prompts in the demo model's own format (a speech and the blank line after it), which the model
+# answers: the pairwise demo project's items of model samples are made from these.
+DIALOGUE_DATA = Path(__file__).parent / "demo_data" / "dialogue_prompts.json"
 GOLD_PROMPTS = 3  # the first prompts of each project make its gold items
 RATING_SCORES = (5, 4, 2, 1)  # the Likert score of a prompt's responses, best first
 
@@ -47,6 +50,7 @@ class DemoProject:
     guidelines: str
     overlap: int = 1
     gold_share: float = 0.0
+    model_prompts: bool = False  # also the dialogue prompts, for the demo model to answer
 
 
 COMMON = """
@@ -83,6 +87,7 @@ DEMO_PROJECTS = (
         "it says nothing about which model wrote what.\n" + COMMON,
         overlap=3,
         gold_share=0.1,
+        model_prompts=True,
     ),
     DemoProject(
         "demo-ranking",
@@ -156,7 +161,19 @@ def _seed_project(spec: DemoProject, owner: User | None) -> Project:
     for number, entry in enumerate(demo_data()["prompts"]):
         if text_digest(entry["prompt"]) not in existing:
             _seed_prompt(project, number, entry)
+    if spec.model_prompts:
+        missing = [text for text in dialogue_prompts() if text_digest(text) not in existing]
+        Prompt.objects.bulk_create(  # bulk: save() and its digest are bypassed, so set it here
+            Prompt(project=project, text=text, digest=text_digest(text), source=PromptSource.SEED)
+            for text in missing
+        )
     return project
+
+
+@cache
+def dialogue_prompts() -> list[str]:
+    prompts: list[str] = json.loads(DIALOGUE_DATA.read_text(encoding="utf-8"))["prompts"]
+    return prompts
 
 
 def _seed_prompt(project: Project, number: int, entry: dict[str, Any]) -> None:

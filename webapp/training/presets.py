@@ -86,7 +86,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_steps": 2,
         },
         "dpo": {"max_steps": 2, "batch_size": 4},
-        "evaluate": {"prompts": 4, "samples_per_prompt": 1, "max_new_tokens": 8},
+        "evaluate": {
+            "prompts": 4,
+            "samples_per_prompt": 1,
+            "max_new_tokens": 8,
+            "judge": {"epochs": 1, "max_steps": 4, "batch_size": 4},
+        },
         "generate": {"prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12},
         "launch": {"num_processes": 1},
     },

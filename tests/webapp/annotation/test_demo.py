@@ -7,7 +7,13 @@ import pytest
 from tests.conftest import MakeUser
 from webapp.accounts.models import Role, User
 from webapp.annotation import queue
-from webapp.annotation.demo import DEMO_PROJECTS, GOLD_PROMPTS, demo_data, seed_demo_projects
+from webapp.annotation.demo import (
+    DEMO_PROJECTS,
+    GOLD_PROMPTS,
+    demo_data,
+    dialogue_prompts,
+    seed_demo_projects,
+)
 from webapp.annotation.models import (
     GoldAnswer,
     Item,
@@ -48,7 +54,8 @@ def test_each_task_type_has_a_project_with_prompts_items_and_gold(admin_user: Us
             assert "Write prompts that a real person would send" in project.guidelines
             continue
         assert project.guidelines.startswith("# ")
-        assert Prompt.objects.filter(project=project).count() == prompts
+        answered_by_model = len(dialogue_prompts()) if task == TaskType.PAIRWISE else 0
+        assert Prompt.objects.filter(project=project).count() == prompts + answered_by_model
         assert items.filter(is_gold=True).exists()
         assert GoldAnswer.objects.filter(item__project=project).exists()
         assert items.filter(is_gold=False).count() >= prompts - GOLD_PROMPTS
@@ -94,3 +101,21 @@ def test_an_annotator_is_served_an_item_in_every_project_with_items(annotator: U
         else:
             assert lease is not None, project.slug
             assert lease.item.project == project
+
+
+@pytest.mark.django_db
+def test_the_pairwise_project_also_holds_prompts_in_the_demo_models_format(
+    admin_user: User,
+) -> None:
+    pairwise = next(p for p in seed_demo_projects() if p.task_type == TaskType.PAIRWISE)
+    texts = set(Prompt.objects.filter(project=pairwise).values_list("text", flat=True))
+    assert set(dialogue_prompts()) <= texts and len(dialogue_prompts()) == 200
+    assert all(text.startswith("**") and text.endswith("\n\n") for text in dialogue_prompts())
+    seed_demo_projects()  # idempotent: nothing twice
+    assert Prompt.objects.filter(project=pairwise).count() == len(texts)
+
+
+def test_the_dialogue_prompts_are_those_rlhf_core_draws_for_the_demo() -> None:
+    from rlhf_core.demo import demo_prompts
+
+    assert dialogue_prompts() == demo_prompts(200, seed=2026)
