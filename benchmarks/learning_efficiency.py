@@ -188,10 +188,8 @@ def run_budget(
     row: dict[str, object] = {
         "label_agreement": round(statistics.fmean(agree), 3),
         "rm_agreement": round(float(((rewards[:, 0] > rewards[:, 1]) == truth).float().mean()), 3),
-        "rm_held_out_accuracy": round(
-            result.eval_metrics.get("pairwise_accuracy", float("nan")), 3
-        ),
-        "rm_epochs": result.best_epoch,
+        "rm_held_out_accuracy": round(float(summary["rm_held_out_accuracy"]), 3),
+        "rm_epochs": summary["rm_epochs"],
         "held_out_pairs": len(decided),
         "rm_seconds": round(reward_seconds, 1),
     }

@@ -29,7 +29,8 @@ ensure_venv() {
     local extras="$1" venv="${2:-$VENV}" hash stamp
     hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
     stamp="$venv/.installed-$hash-${extras//,/-}"
-    if [ -f "$stamp" ] || { [ "$extras" = ml ] && [ -f "$venv/.installed-$hash-ml-dev" ]; }; then
+    if [ -f "$stamp" ] ||
+        { [ "$extras" = ml ] && [ -f "$venv/.installed-$hash-ml-simulation-dev" ]; }; then
         return
     fi
     echo "Installing the project into ${venv#"$ROOT"/} (first run: about a minute)…"
@@ -41,8 +42,8 @@ ensure_venv() {
     touch "$stamp"
 }
 
-# ensure_core_venv VENV: rlhf_core's own dependencies and pytest, and no Django at all, to prove
-# that the model package stands on its own.
+# ensure_core_venv VENV: rlhf_core's own dependencies (the simulation extra included) and pytest,
+# and no Django at all, to prove that the model package stands on its own.
 ensure_core_venv() {
     local venv="$1" hash stamp
     hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
@@ -57,7 +58,8 @@ import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
 wanted = ("pytest", "pytest-timeout", "hypothesis")
-print("\n".join(extras["ml"] + [r for r in extras["dev"] if r.split(">")[0].split("=")[0] in wanted]))
+tools = [r for r in extras["dev"] if r.split(">")[0].split("=")[0] in wanted]
+print("\n".join(extras["ml"] + extras["simulation"] + tools))
 PY
     "$venv/bin/python" -m pip install -qq -r "$venv/requirements-core.txt"
     rm -f "$venv"/.installed-*

@@ -105,6 +105,7 @@ def demo_prompts(count: int, *, seed: int = 0) -> list[str]:
 
 def write_demo_corpus(path: Path) -> Path:
     """The exchanges as JSONL (one {"text": ...} document per line), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as handle:
         for exchange in demo_exchanges(demo_corpus_paths()):
             handle.write((json.dumps({"text": exchange}) + "\n").encode("utf-8"))

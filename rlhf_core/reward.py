@@ -161,6 +161,12 @@ class RewardModel(nn.Module):
 
         Rows may be left- or right-padded; every row needs at least one response token.
         """
+        return self.heads(self.features(tokens, attention_mask, response_mask))
+
+    def features(
+        self, tokens: Tensor, attention_mask: Tensor, response_mask: Tensor | None = None
+    ) -> Tensor:
+        """What the heads read (b f): the backbone's pooled hidden states (see `forward`)."""
         scope = (
             use_scope(self.backbone, LORA_SCOPE)
             if self.config.lora_rank is not None
@@ -169,7 +175,10 @@ class RewardModel(nn.Module):
         with scope:
             hidden = self.backbone(tokens, attention_mask=attention_mask, return_hidden=True)
         mask = attention_mask if response_mask is None else response_mask & attention_mask
-        pooled = pool(hidden, attention_mask, mask, self.config.pooling)
+        return pool(hidden, attention_mask, mask, self.config.pooling)
+
+    def heads(self, pooled: Tensor) -> RewardOutput:
+        """The heads' outputs on `features` (b f)."""
         likert_logits = expected = members = None
         if self.likert_head is not None:
             flat = self.likert_head(pooled).float()
@@ -182,6 +191,11 @@ class RewardModel(nn.Module):
             assert expected is not None  # the config guarantees one head or the other
             rewards = expected[:, 0]
         return RewardOutput(rewards, members, likert_logits, expected)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The heads' weights and biases (what a linear probe fits)."""
+        heads = (self.scalar_head, self.likert_head)
+        return [parameter for head in heads if head is not None for parameter in head.parameters()]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What an optimiser should update: everything, or only the adapters and heads (LoRA)."""

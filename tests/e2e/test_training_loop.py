@@ -74,6 +74,7 @@ def simulated_loop(tmp_path: Path) -> Iterator[RunningApp]:
         *(str(ROOT / "bin" / "run"), "--port", str(port), "--demo-steps", "2"),
         *("--round-preset", "ci", "--simulate", "--simulate-pace", "0"),
         *("--simulate-labels", str(LABELS_BEFORE_THE_ROUND)),
+        *("--simulate-preference", "punctuation"),  # any taste, not only the default one
     ]
     process = subprocess.Popen(
         command,
@@ -152,6 +153,7 @@ def test_one_command_runs_a_whole_round_from_labels_to_votes_on_the_new_version(
     assert "/training/" in app.banner
     log = wait_for_log(app, "simulation.log", r"Done: 1 round|Round \d+ (failed|cancelled)", 420)
     assert "Done: 1 round" in log, all_logs(app)
+    assert "their hidden taste is 'punctuation': Punctuation marks" in log
 
     found = facts(app)
     by_kind = {r["kind"]: r for r in found["rounds"]}

@@ -25,7 +25,8 @@ QUICK = DemoSettings(vocab_size=300, block_size=64, steps=2, batch_size=4, eval_
 
 @pytest.mark.slow
 def test_the_demo_model_is_built_once_and_then_reused(tmp_path: Path) -> None:
-    final = build_demo_model(tmp_path, QUICK, show_progress=False)
+    # Into a folder that does not exist yet, as on a fresh machine.
+    final = build_demo_model(tmp_path / "models" / "demo", QUICK, show_progress=False)
     checkpoint = load_checkpoint(final)
     assert checkpoint.metadata.step == 2
     assert checkpoint.tokenizer.vocab_size == 300
@@ -33,7 +34,7 @@ def test_the_demo_model_is_built_once_and_then_reused(tmp_path: Path) -> None:
     weights = final / "model.safetensors"
     written = weights.stat().st_mtime_ns
 
-    assert build_demo_model(tmp_path, QUICK, show_progress=False) == final
+    assert build_demo_model(tmp_path / "models" / "demo", QUICK, show_progress=False) == final
     assert weights.stat().st_mtime_ns == written  # nothing was trained again
 
 

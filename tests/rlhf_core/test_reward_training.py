@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -302,6 +303,33 @@ def test_early_stopping_restores_the_best_epoch(
     rows = [json.loads(line) for line in config.log_file.read_text().splitlines()]  # type: ignore[union-attr]
     assert len(rows) == len(recorder.steps) + len(recorder.evals) == result.steps + result.epochs
     assert [row["val_loss"] for row in recorder.evals] == [0.9, 0.5, 0.7, 0.8]
+
+
+def test_the_linear_probe_fits_the_heads_on_frozen_features_before_fine_tuning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = reward_model(RewardHeadConfig(members=2))
+    backbone = {name: p.clone() for name, p in model.backbone.named_parameters()}
+    probed: dict[str, torch.Tensor] = {}
+    real = reward_training._RewardTrainer._probe
+
+    def probe(self: reward_training._RewardTrainer, *args: list[object]) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        probed.update({name: p.clone() for name, p in model.named_parameters()})
+
+    monkeypatch.setattr(reward_training._RewardTrainer, "_probe", probe)
+    records = simulated_labels(60, noise=0.0)
+    config = dataclasses.replace(QUICK, probe_steps=60, epochs=1, lr=1e-9, warmup_steps=0)
+    heads = {name: p.clone() for name, p in model.named_parameters() if "head" in name}
+    result = train_reward_model(model, TOKENIZER, records, config)
+
+    for name, weights in backbone.items():  # the probe never touched the backbone
+        assert torch.equal(probed[f"backbone.{name}"], weights), name
+    assert all(not torch.equal(probed[name], weights) for name, weights in heads.items())
+    # Its held-out evaluation is epoch 0; fine-tuning at a vanishing rate cannot beat it by
+    # much, and the probe alone already beats the untrained heads clearly.
+    assert [row["epoch"] for row in result.history] == [0, 1]
+    assert result.history[0]["pairwise_accuracy"] >= 0.7
 
 
 def test_a_callback_can_stop_the_run() -> None:

@@ -5,11 +5,13 @@ the new version's samples after it. The round itself is played here by a stand-i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
 import pytest
 
+from rlhf_core.simulation import Punctuation, preference_scale
 from tests.conftest import MakeUser
 from webapp.accounts.models import Role, User
 from webapp.annotation.demo import seed_demo_projects
@@ -33,6 +35,8 @@ from workers.simulation import (
     SimulationSettings,
     labels_since_last_round,
     parse_args,
+    reference_replies,
+    simulated_annotators,
 )
 
 pytestmark = pytest.mark.django_db
@@ -93,6 +97,26 @@ def test_the_annotators_prefer_the_response_with_more_of_their_letter(
         answer = sim.answer(annotator, item)
         assert answer["choice"] == ("left" if left == rich else "right")
         assert 1 <= int(str(answer["strength"])) <= 3
+
+
+def test_any_hidden_preference_can_drive_the_panel_with_noise_in_its_own_units(
+    project: Project,
+) -> None:
+    settings = dataclasses.replace(SETTINGS, preference="punctuation", noise=0.5)
+    panel = simulated_annotators(project, settings)
+    spread = preference_scale(Punctuation(), reference_replies())
+    assert spread > 0
+    for annotator in panel:
+        assert isinstance(annotator.taste.preference, Punctuation)
+        assert annotator.taste.noise == pytest.approx(0.5 * spread)
+    quiet = dataclasses.replace(settings, noise=0.0)
+    sim = Simulation(quiet, out=io.StringIO())
+    prompt = Prompt.objects.create(project=project, text="Say something.", source="seed")
+    marked = Response.objects.create(prompt=prompt, text="Yes, sir; I will. Go, go!")
+    plain = Response.objects.create(prompt=prompt, text="yes sir I will go now")
+    item = create_item(project, prompt, [marked, plain])
+    left = item.placements.get(position=0).response
+    assert sim.answer(sim.panel[0], item)["choice"] == ("left" if left == marked else "right")
 
 
 def test_two_identical_responses_are_a_tie(project: Project) -> None:
@@ -246,5 +270,11 @@ def test_the_command_line_sets_the_pace_threshold_and_rounds() -> None:
     settings = parse_args(["--labels-per-round", "30", "--rounds", "2", "--pace", "0"])
     assert (settings.labels_per_round, settings.rounds, settings.pace) == (30, 2, 0.0)
     assert parse_args([]).preset == "recommended" and parse_args([]).algorithm == "ppo"
+    chosen = parse_args(["--preference", "rhyme", "--noise", "0.25"])
+    assert (chosen.preference, chosen.noise) == ("rhyme", 0.25)
+    assert (parse_args([]).preference, parse_args([]).noise) == ("letters", 0.5)
+    for wrong in (["--preference", "nonsense"], ["--noise", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(wrong)
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])

@@ -80,6 +80,13 @@ class Command(BaseCommand):
             metavar="SECONDS",
             help="between two answers (%(default)s)",
         )
+        simulate.add_argument(
+            "--simulate-preference",
+            default="letters",
+            metavar="NAME",
+            help="the annotators' hidden taste: letters, warm_words, length, line_breaks, "
+            "punctuation, rhyme or embedding (%(default)s; python -m workers.simulation --help)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
@@ -216,6 +223,7 @@ def _simulation_command(options: dict[str, Any]) -> list[str]:
         *("--rounds", str(options["simulate_rounds"])),
         *("--pace", str(options["simulate_pace"])),
         *("--preset", options["round_preset"]),
+        *("--preference", options["simulate_preference"]),
     ]
 
 
