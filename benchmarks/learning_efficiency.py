@@ -16,7 +16,8 @@ For each seed, hidden preference (`rlhf_core.simulation.PREFERENCES`) and label 
    beside the new policy's KL to the base (nats per response, Monte-Carlo on its own samples).
 
 One JSON line per (seed, preference, budget); `--summary` prints means with 95% t-intervals
-over seeds from such a file.
+over seeds from such a file (with one seed, the 95% Wilson intervals over the held-out pairs
+and the matched samples).
 
     python benchmarks/learning_efficiency.py --out learning.jsonl          # everything
     python benchmarks/learning_efficiency.py --preferences letters --labels 250 --seeds 0
@@ -40,9 +41,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlhf_core.checkpoint import load_checkpoint  # noqa: E402
+from rlhf_core.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from rlhf_core.demo import build_demo_model, demo_prompts  # noqa: E402
-from rlhf_core.evaluation import Sampling, compare_policies, draw_samples  # noqa: E402
+from rlhf_core.evaluation import (  # noqa: E402
+    Sampling,
+    compare_policies,
+    draw_samples,
+    wilson_interval,
+)
 from rlhf_core.policy_training import train_policy  # noqa: E402
 from rlhf_core.recipes import Recipe, recipe_for  # noqa: E402
 from rlhf_core.reward import RewardModel  # noqa: E402
@@ -83,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cache",
         type=Path,
-        help="keep each fitted reward model here and reuse it when asked again (same base, "
-        "seed, preference and budget), e.g. to compare policy algorithms on one reward model",
+        help="keep the base samples and each fitted reward model here and reuse them when "
+        "asked again (same base, seed, preference and budget), e.g. to compare policy "
+        "algorithms on one reward model",
     )
     parser.add_argument("--summary", type=Path, metavar="JSONL", help="summarise and exit")
     args = parser.parse_args(argv)
@@ -103,15 +110,7 @@ def run_seed(args: argparse.Namespace, base: Path, seed: int) -> None:
     prompts = demo_prompts(PROMPTS, seed=seed)
     train = [p for p in prompts if not held_out_prompt(p, HELD_OUT, salt="benchmark")]
     held = [p for p in prompts if held_out_prompt(p, HELD_OUT, salt="benchmark")]
-    sampling = recipe.sampling
-    draw = Sampling(2, sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed)
-    train_texts = draw_samples(checkpoint.model, checkpoint.tokenizer, train, draw).texts
-    held_texts = draw_samples(
-        checkpoint.model,
-        checkpoint.tokenizer,
-        held,
-        Sampling(2, draw.max_new_tokens, draw.temperature, draw.top_p, seed + 1000),
-    ).texts
+    train_texts, held_texts = base_samples(args, base, recipe, checkpoint, train, held, seed)
     for name in args.preferences.split(","):
         preference = PREFERENCES[name]()
         for budget in args.labels:
@@ -128,6 +127,36 @@ def run_seed(args: argparse.Namespace, base: Path, seed: int) -> None:
             if args.out:
                 with args.out.open("a", encoding="utf-8") as handle:
                     handle.write(line + "\n")
+
+
+def base_samples(
+    args: argparse.Namespace,
+    base: Path,
+    recipe: Recipe,
+    checkpoint: Checkpoint,
+    train: list[str],
+    held: list[str],
+    seed: int,
+) -> tuple[list[str], list[str]]:
+    """Two samples of the base per training and per held-out prompt (kept in --cache)."""
+    sampling = recipe.sampling
+    key = f"{base.parent.parent.name}-{seed}-{sampling.temperature}-{sampling.max_new_tokens}"
+    cached = None if args.cache is None else args.cache / f"samples-{key}.json"
+    if cached is not None and cached.is_file():
+        found = json.loads(cached.read_text())
+        return found["train"], found["held"]
+    draw = Sampling(2, sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed)
+    train_texts = draw_samples(checkpoint.model, checkpoint.tokenizer, train, draw).texts
+    held_texts = draw_samples(
+        checkpoint.model,
+        checkpoint.tokenizer,
+        held,
+        Sampling(2, draw.max_new_tokens, draw.temperature, draw.top_p, seed + 1000),
+    ).texts
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"train": train_texts, "held": held_texts}))
+    return train_texts, held_texts
 
 
 def run_budget(
@@ -185,9 +214,14 @@ def run_budget(
         batch_size=64,
     ).view(-1, 2)
     truth = torch.tensor([held_values[2 * i] > held_values[2 * i + 1] for i in decided])
+    agreed = int(((rewards[:, 0] > rewards[:, 1]) == truth).sum())
     row: dict[str, object] = {
         "label_agreement": round(statistics.fmean(agree), 3),
-        "rm_agreement": round(float(((rewards[:, 0] > rewards[:, 1]) == truth).float().mean()), 3),
+        "rm_agreement": round(agreed / len(decided), 3),
+        # 95% Wilson interval over the held-out pairs (one seed's uncertainty)
+        "rm_agreement_interval": [
+            round(bound, 3) for bound in wilson_interval(agreed, len(decided))
+        ],
         "rm_held_out_accuracy": round(float(summary["rm_held_out_accuracy"]), 3),
         "rm_epochs": summary["rm_epochs"],
         "held_out_pairs": len(decided),
@@ -233,6 +267,7 @@ def run_budget(
         "algorithm": algorithm,
         "win_rate": round(comparison.win_rate, 3),
         "win_rate_low": round(comparison.win_rate_low, 3),
+        "win_rate_high": round(comparison.win_rate_high, 3),
         "kl": round(comparison.a.kl or float("nan"), 2),
         "preference_base": round(comparison.b.mean_reward, 4),
         "preference_new": round(comparison.a.mean_reward, 4),
@@ -315,6 +350,14 @@ def summarise(path: Path) -> None:
             values = [float(r[key]) for r in group if r.get(key) is not None]  # type: ignore[arg-type]
             if values:
                 summary[key] = mean_interval(values)
+        if len(group) == 1:  # one seed: the intervals over its held-out pairs and prompts
+            row = group[0]
+            for key, interval in (
+                ("rm_agreement", row.get("rm_agreement_interval")),
+                ("win_rate", [row.get("win_rate_low"), row.get("win_rate_high")]),
+            ):
+                if key in summary and interval and None not in interval:
+                    summary[key] = [summary[key][0], *interval]  # type: ignore[index]
         print(json.dumps(summary))
 
 

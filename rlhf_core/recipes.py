@@ -77,7 +77,13 @@ def cpu_small() -> Recipe:
         sampling=sampling,
         reward_head=RewardHeadConfig(pooling="mean", members=4, max_length=128),
         reward=RewardTrainingConfig(
-            lr=1e-3, batch_size=16, epochs=8, warmup_steps=10, patience=3, held_out_fraction=0.1
+            lr=1e-3,
+            batch_size=16,
+            epochs=8,
+            warmup_steps=10,
+            patience=3,
+            held_out_fraction=0.1,
+            probe_steps=300,
         ),
         sft=SFTConfig(lr=3e-4, batch_size=16, epochs=2, max_length=256),
         dpo=DPOConfig(lr=1e-4, beta=0.1, batch_size=16, epochs=2, max_length=256),

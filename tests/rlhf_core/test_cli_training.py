@@ -451,7 +451,12 @@ def test_train_reward_uses_the_recipes_head_and_training_but_for_the_options_giv
     argv = ["train-reward", "--base", str(world / "policy"), *labels]
     for name, options, head_changes, training_changes in (
         ("recipe", [], {}, {}),
-        ("given", ["--members", "3", "--patience", "0"], {"members": 3}, {"patience": None}),
+        (
+            "given",
+            ["--members", "3", "--patience", "0", "--probe-steps", "7"],
+            {"members": 3},
+            {"patience": None, "probe_steps": 7},
+        ),
     ):
         out = tmp_path / name
         assert main([*argv, "--out", str(out), *options]) == 0

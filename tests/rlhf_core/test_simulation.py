@@ -88,10 +88,12 @@ def test_punctuation_marks_are_counted_per_word() -> None:
     assert Punctuation()("?!") == 0.0  # no words
 
 
-def test_rhyme_is_the_share_of_consecutive_lines_whose_last_words_end_alike() -> None:
+def test_rhyme_is_the_share_of_lines_or_clauses_ending_like_an_earlier_one() -> None:
     poem = "In the night\nI see the light,\nand love\n\nfrom Above!"
-    # Endings ht, ht, ve, ve (the empty line skipped): two of three neighbours rhyme.
+    # Endings ht, ht, ve, ve (the empty line skipped): two of the three after the first rhyme.
     assert Rhyme()(poem) == 2 / 3
+    # Clauses within one line count, and a rhyme with any earlier one: ht, ay, ht.
+    assert Rhyme()("I sing of night, of day, of light") == 1 / 2
     assert Rhyme()("the cat\nin a hat") == 1.0
     assert Rhyme(letters=3)("the cat\nin a hat") == 0.0
     assert Rhyme()("a single line") == 0.0
