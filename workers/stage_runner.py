@@ -215,7 +215,8 @@ def _run_policy(
     reward_model, reward_tokenizer = load_reward_model(Path(spec["inputs"]["reward"]), where)
     state_file = work / "state.pt"
     if state_file.exists():
-        channel.log(f"{algorithm} continues from its saved state ({state_file.name}).")
+        name = {"ppo": "PPO", "rejection_sampling": "Rejection sampling"}[algorithm]
+        channel.log(f"{name} continues from its saved state ({state_file.name}).")
     channel.total(config.steps if algorithm == "ppo" else config.iterations)
     result = train_policy(
         algorithm,
