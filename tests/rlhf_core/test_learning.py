@@ -142,8 +142,6 @@ FLOORS = {
 def test_the_reward_model_learns_each_hidden_preference_from_250_labels(
     base: Base, name: str
 ) -> None:
-    if name == "embedding":
-        pytest.importorskip("sentence_transformers", reason="the simulation extra")
     assert set(FLOORS) == set(PREFERENCES)
     preference = PREFERENCES[name]()
     train, held = human_pairs(250, offset=0), human_pairs(500, offset=1000)
