@@ -1,6 +1,6 @@
 """Simulated annotators that drive the demo's loop: label, train, label the new model's samples.
 
-    python -m workers.simulation [--labels-per-round 180] [--rounds 1] [--pace 0.25] ...
+    python -m workers.simulation [--labels-per-round 600] [--rounds 1] [--pace 0.25] ...
 
 The embedded command starts this process with `bin/run --simulate`. A panel of annotators
 whose hidden taste is known (one of `rlhf_core.simulation.PREFERENCES`, `--preference`; by
@@ -74,7 +74,7 @@ class SimulationSettings:
     annotators: int = 3
     # New labels in the project before a round starts: with the demo preset, every blind pair of
     # the base model's samples (60 pairs, 3 answers each); fewer leave the reward model guessing.
-    labels_per_round: int = 180
+    labels_per_round: int = 600
     rounds: int = 1
     pace: float = 0.25  # seconds between two answers
     preset: str = DEFAULT_PRESET

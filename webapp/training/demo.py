@@ -11,6 +11,7 @@ embedded command runs it on each start. Never called by production code paths.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -28,6 +29,14 @@ DEMO_CHECKPOINT_DIR = "demo/run/final"
 # The demo projects whose items are model samples; the simulated annotators label the first.
 MODEL_SAMPLE_PROJECTS = ("demo-pairwise",)
 SIMULATED_PROJECT = MODEL_SAMPLE_PROJECTS[0]
+# The demo's first generation samples 150 of the pairwise project's 200 dialogue prompts, so that
+# its first round learns from some 300 distinct pairs (600 labels at the project's overlap of 3
+# cover 200 of them) and holds out enough prompts to measure the reward model on; the presets'
+# `generate` section (30 prompts) sizes the new samples of every later round. The ci preset keeps
+# its own seconds-long size.
+FIRST_GENERATION: dict[str, dict[str, dict[str, int]]] = {
+    DEFAULT_PRESET: {"generate": {"prompts": 150}},
+}
 ACTIVE_STATES = (RoundState.QUEUED, RoundState.RUNNING)
 
 
@@ -62,7 +71,13 @@ def prepare_demo_training(preset: str = DEFAULT_PRESET) -> DemoTraining:
         assert serving is not None
         if not _has_samples_coming(project, serving):
             started.append(
-                start_round(project, RoundKind.GENERATE, preset=preset, base_version=serving)
+                start_round(
+                    project,
+                    RoundKind.GENERATE,
+                    preset=preset,
+                    base_version=serving,
+                    overrides=FIRST_GENERATION.get(preset),
+                )
             )
     return DemoTraining(base=base, projects=projects, generation_rounds=started)
 
@@ -96,11 +111,18 @@ def start_round(
     preset: str,
     algorithm: str = DEFAULT_ALGORITHM,
     base_version: ModelVersion | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> TrainingRound:
     """Queue a round as the demo admin would from the page; the task leaves after commit."""
     admin = demo_admin()
     if admin is None:
         raise RoundInputError("The demo has no admin to start rounds; run the embedded command.")
     return create_round(
-        admin, project, kind, preset, algorithm=algorithm, base_version=base_version
+        admin,
+        project,
+        kind,
+        preset,
+        algorithm=algorithm,
+        base_version=base_version,
+        overrides=overrides,
     )

@@ -57,6 +57,21 @@ def test_it_serves_the_base_in_the_pairwise_demo_and_queues_one_generation(
     assert len(sent) == 1  # its task, once the transaction committed
 
 
+def test_the_first_generation_at_the_recommended_preset_samples_most_dialogue_prompts(
+    demo: Project,
+) -> None:
+    """The first round learns from labels of these samples: 30 prompts (a later round's new
+    samples) would give it some 60 distinct pairs and about 3 held-out prompts."""
+    [generation] = prepare_demo_training("recommended").generation_rounds
+    assert generation.preset == "recommended"
+    assert generation.config["generate"]["prompts"] == 150
+    assert generation.config["generate"]["samples_per_prompt"] == 4
+    full = start_round(
+        demo, RoundKind.FULL, preset="recommended", base_version=generation.base_version
+    )
+    assert full.config["generate"]["prompts"] == 30  # later rounds keep the preset's size
+
+
 def test_a_second_start_registers_and_queues_nothing_more(demo: Project) -> None:
     prepare_demo_training("ci")
     again = prepare_demo_training("ci")

@@ -66,7 +66,7 @@ class Command(BaseCommand):
         simulate.add_argument(
             "--simulate-labels",
             type=int,
-            default=180,
+            default=600,
             metavar="N",
             help="labels before each round starts (%(default)s)",
         )
