@@ -37,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+    # A million PBKDF2 rounds (Django's production cost, about 0.2 s a password) for every user
+    # a fixture creates would be most of the suite's time: this process hashes with a fast
+    # hasher first, and still checks the production hashers' passwords.
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
     # Sessions are cached: in this process's memory, never in the checkout's data directory.
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     if IN_CI and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
