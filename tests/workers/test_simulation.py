@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_core.simulation import Punctuation, preference_scale
+from rlhf_core.simulation import PREFERENCES, Punctuation, preference_scale
 from tests.conftest import MakeUser
 from webapp.accounts.models import Role, User
 from webapp.annotation.demo import seed_demo_projects
@@ -28,7 +28,12 @@ from webapp.annotation.models import (
     Submission,
 )
 from webapp.training import leaderboard, registry, rounds
-from webapp.training.demo import SIMULATED_PROJECT, register_demo_base, start_round
+from webapp.training.demo import (
+    SIMULATED_PREFERENCES,
+    SIMULATED_PROJECT,
+    register_demo_base,
+    start_round,
+)
 from webapp.training.models import RoundKind, RoundState, TrainingRound
 from workers.simulation import (
     Simulation,
@@ -278,3 +283,7 @@ def test_the_command_line_sets_the_pace_threshold_and_rounds() -> None:
             parse_args(wrong)
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])
+
+
+def test_the_embedded_command_offers_exactly_the_preferences_the_simulation_has() -> None:
+    assert tuple(PREFERENCES) == SIMULATED_PREFERENCES

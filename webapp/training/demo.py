@@ -29,6 +29,18 @@ DEMO_CHECKPOINT_DIR = "demo/run/final"
 # The demo projects whose items are model samples; the simulated annotators label the first.
 MODEL_SAMPLE_PROJECTS = ("demo-pairwise",)
 SIMULATED_PROJECT = MODEL_SAMPLE_PROJECTS[0]
+# The hidden tastes the simulated annotators can have: the names of rlhf_core.simulation's
+# PREFERENCES (the web side never imports the model side; a test keeps the two lists equal), so
+# that `bin/run --simulate-preference` refuses a wrong name before anything starts.
+SIMULATED_PREFERENCES = (
+    "letters",
+    "warm_words",
+    "length",
+    "line_breaks",
+    "punctuation",
+    "rhyme",
+    "embedding",
+)
 # The demo's first generation samples 150 of the pairwise project's 200 dialogue prompts, so that
 # its first round learns from some 300 distinct pairs (600 labels at the project's overlap of 3
 # cover 200 of them) and holds out enough prompts to measure the reward model on; the presets'

@@ -118,6 +118,7 @@ def test_rounds_of_the_demo_need_an_admin(db: None) -> None:
         (["--demo-steps", "0"], "--simulate needs the demo model"),
         (["--simulate-labels", "0"], "must be at least 1"),
         (["--simulate-pace", "-1"], "must not be negative"),
+        (["--simulate-preference", "sweetness"], "invalid choice: 'sweetness'"),
     ],
 )
 def test_the_embedded_command_refuses_a_simulation_it_cannot_run(

@@ -27,7 +27,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webapp.annotation.demo import seed_demo_projects
 from webapp.core.demo import DemoAccount, ensure_demo_accounts
-from webapp.training.demo import SIMULATED_PROJECT, prepare_demo_training
+from webapp.training.demo import SIMULATED_PREFERENCES, SIMULATED_PROJECT, prepare_demo_training
 from webapp.training.presets import DEFAULT_PRESET, PRESETS
 
 READY_TIMEOUT_S = 60
@@ -82,10 +82,10 @@ class Command(BaseCommand):
         )
         simulate.add_argument(
             "--simulate-preference",
-            default="letters",
+            default=SIMULATED_PREFERENCES[0],
+            choices=SIMULATED_PREFERENCES,
             metavar="NAME",
-            help="the annotators' hidden taste: letters, warm_words, length, line_breaks, "
-            "punctuation, rhyme or embedding (%(default)s; python -m workers.simulation --help)",
+            help=f"the annotators' hidden taste: {', '.join(SIMULATED_PREFERENCES)} (%(default)s)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
