@@ -175,8 +175,15 @@ def stage_generate(run: RoundRun) -> dict[str, Any]:
     )
     if added is None:
         run.beat(force=True)  # lost: raises; else another attempt added them already
-    rounds.log(run.round_id, f"generate: {len(samples)} samples of {version.name} queued.")
-    return {"samples_added": len(samples), "version": version.name}
+    queued = len(registry.queueable_samples(samples))
+    left_out = f"; {len(samples) - queued} left out (blank, or paired with a blank)"
+    rounds.log(
+        run.round_id,
+        f"generate: {queued} samples of {version.name} queued"
+        + (left_out if queued < len(samples) else "")
+        + ".",
+    )
+    return {"samples_added": queued, "version": version.name}
 
 
 def _parent_checkpoint(version: ModelVersion) -> Path | None:

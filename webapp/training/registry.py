@@ -251,6 +251,7 @@ def add_samples(
     samples, a pairwise project gets blind pairs of new against parent on the same prompt
     (the i-th sample of each); otherwise items are made as the project's task type says.
     """
+    samples = queueable_samples(samples)
     taken = TrainingRound.objects.filter(
         pk=round_id, state=RoundState.RUNNING, worker=worker, samples_added__isnull=True
     ).update(samples_added=len(samples))
@@ -271,6 +272,21 @@ def add_samples(
     prompts = Prompt.objects.in_bulk({row["prompt_id"] for row in samples})
     create_items_in_bulk(project, _item_plan(project, prompts, responses, samples))
     return len(responses)
+
+
+def queueable_samples(samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The samples that can be judged: a blank one (the model ended at once) is left out, and
+    with it the other version's sample of the same prompt and index, its blind pair. A label
+    with a blank side would be refused by every later stage that reads it (the reward model's
+    records need text on both sides), so the next round would fail on this round's output."""
+    seen: dict[tuple[Any, str], int] = {}
+    keyed = []
+    for row in samples:
+        key = (row["prompt_id"], row["which"])
+        index = seen[key] = seen.get(key, -1) + 1
+        keyed.append(((row["prompt_id"], index), row))
+    blank = {slot for slot, row in keyed if not str(row["text"]).replace("\x00", "").strip()}
+    return [row for slot, row in keyed if slot not in blank]
 
 
 def _item_plan(

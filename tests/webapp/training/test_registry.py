@@ -107,6 +107,24 @@ def test_samples_become_blind_pairs_of_new_against_parent_once(
     assert TrainingRound.objects.get(pk=training_round.pk).samples_added == 12
 
 
+def test_a_blank_sample_is_never_queued_nor_the_parent_sample_it_was_paired_with(
+    project: Project, base: ModelVersion
+) -> None:
+    """A policy that ends at once writes nothing; a pair with an empty side would break the
+    next round, whose reward model refuses a label without text on both sides."""
+    training_round = running_round(project)
+    new = ModelVersion.objects.create(name="new", parent=base, checkpoint_dir="x")
+    rows = samples(project)
+    first_new = next(i for i, row in enumerate(rows) if row["which"] == "new")
+    rows[first_new] = {**rows[first_new], "text": ""}
+    before = Item.objects.count()
+    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) == 10
+    assert Item.objects.count() - before == 5
+    assert not Response.objects.filter(text="").exists()
+    for item in Item.objects.all()[before:]:
+        assert {r.model_version for r in item.responses.all()} == {new, base}
+
+
 def test_samples_without_a_parent_are_paired_with_each_other(project: Project) -> None:
     training_round = running_round(project, kind=RoundKind.GENERATE)
     version = project.serving_version
