@@ -157,7 +157,8 @@ def test_the_reward_model_learns_each_hidden_preference_from_250_labels(
 
 # A lexical and a structural preference keep CI within its time (a round is about 75 s here on
 # idle cores). Run for all seven on 2026-12-07: length (85%), line breaks (87%) passed as well,
-# warm words did not (49%); benchmarks/learning_efficiency.py runs the round on the demo model.
+# warm words (49%), rhyme (53%) and embedding (57%) did not. benchmarks/learning_efficiency.py
+# runs the round on the demo model.
 @pytest.mark.parametrize("name", ["letters", "punctuation"])
 def test_one_round_at_the_defaults_makes_a_policy_the_hidden_preference_prefers(
     base: Base, name: str
