@@ -72,8 +72,9 @@ TRAINING_KINDS = (
 class SimulationSettings:
     project: str = demo.SIMULATED_PROJECT
     annotators: int = 3
-    # New labels in the project before a round starts: with the demo preset, every blind pair of
-    # the base model's samples (60 pairs, 3 answers each); fewer leave the reward model guessing.
+    # New labels in the project before a round starts: 200 of the 300 pairs of the demo's first
+    # generation, 3 answers each (webapp.training.demo.FIRST_GENERATION); at 180 (60 pairs) the
+    # reward model held out about 12 preferences and every round warned.
     labels_per_round: int = 600
     rounds: int = 1
     pace: float = 0.25  # seconds between two answers
