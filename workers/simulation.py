@@ -1,6 +1,6 @@
 """Simulated annotators that drive the demo's loop: label, train, label the new model's samples.
 
-    python -m workers.simulation [--labels-per-round 600] [--rounds 1] [--pace 0.25] ...
+    python -m workers.simulation [--labels-per-round 900] [--rounds 1] [--pace 0.25] ...
 
 The embedded command starts this process with `bin/run --simulate`. A panel of annotators
 whose hidden taste is known (one of `rlhf_core.simulation.PREFERENCES`, `--preference`; by
@@ -72,10 +72,7 @@ TRAINING_KINDS = (
 class SimulationSettings:
     project: str = demo.SIMULATED_PROJECT
     annotators: int = 3
-    # New labels in the project before a round starts: 200 of the 300 pairs of the demo's first
-    # generation, 3 answers each (webapp.training.demo.FIRST_GENERATION); at 180 (60 pairs) the
-    # reward model held out about 12 preferences and every round warned.
-    labels_per_round: int = 600
+    labels_per_round: int = demo.SIMULATED_LABELS_PER_ROUND  # new labels before a round starts
     rounds: int = 1
     pace: float = 0.25  # seconds between two answers
     preset: str = DEFAULT_PRESET

@@ -10,11 +10,12 @@ from django.core.management.base import CommandError
 
 from tests.conftest import MakeUser
 from webapp.accounts.models import Role, User
-from webapp.annotation.demo import seed_demo_projects
+from webapp.annotation.demo import dialogue_prompts, seed_demo_projects
 from webapp.annotation.models import ModelVersion, Project, Prompt, Response
 from webapp.training.demo import (
     DEMO_BASE_NAME,
     DEMO_CHECKPOINT_DIR,
+    SIMULATED_LABELS_PER_ROUND,
     SIMULATED_PROJECT,
     prepare_demo_training,
     register_demo_base,
@@ -57,15 +58,18 @@ def test_it_serves_the_base_in_the_pairwise_demo_and_queues_one_generation(
     assert len(sent) == 1  # its task, once the transaction committed
 
 
-def test_the_first_generation_at_the_recommended_preset_samples_most_dialogue_prompts(
+def test_the_first_generation_at_the_recommended_preset_samples_every_dialogue_prompt(
     demo: Project,
 ) -> None:
     """The first round learns from labels of these samples: 30 prompts (a later round's new
-    samples) would give it some 60 distinct pairs and about 3 held-out prompts."""
+    samples) would give it some 60 distinct pairs and about 3 held-out prompts, and the labels the
+    simulation waits for must all have a pair to go to."""
     [generation] = prepare_demo_training("recommended").generation_rounds
     assert generation.preset == "recommended"
-    assert generation.config["generate"]["prompts"] == 150
+    assert generation.config["generate"]["prompts"] == len(dialogue_prompts()) == 200
     assert generation.config["generate"]["samples_per_prompt"] == 4
+    pairs = 200 * 4 // 2
+    assert SIMULATED_LABELS_PER_ROUND == 900 <= pairs * demo.overlap
     full = start_round(
         demo, RoundKind.FULL, preset="recommended", base_version=generation.base_version
     )

@@ -27,7 +27,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webapp.annotation.demo import seed_demo_projects
 from webapp.core.demo import DemoAccount, ensure_demo_accounts
-from webapp.training.demo import SIMULATED_PREFERENCES, SIMULATED_PROJECT, prepare_demo_training
+from webapp.training.demo import (
+    SIMULATED_LABELS_PER_ROUND,
+    SIMULATED_PREFERENCES,
+    SIMULATED_PROJECT,
+    prepare_demo_training,
+)
 from webapp.training.presets import DEFAULT_PRESET, PRESETS
 
 READY_TIMEOUT_S = 60
@@ -66,7 +71,7 @@ class Command(BaseCommand):
         simulate.add_argument(
             "--simulate-labels",
             type=int,
-            default=600,
+            default=SIMULATED_LABELS_PER_ROUND,
             metavar="N",
             help="labels before each round starts (%(default)s)",
         )
