@@ -206,14 +206,21 @@ class Simulation:
     def answer(self, annotator: Annotator, item: Item) -> dict[str, object]:
         """The form's answer to the pair: left or right with a strength, or a tie."""
         left, right = (p.response for p in item.placements.select_related("response"))
+        top = max(int(self.question.config.get("max_strength", 3)), 1)
         if left.text == right.text:  # a tiny model repeats itself now and then
             return {"choice": "tie"}
+        blank = [not text.strip() for text in (left.text, right.text)]
+        if any(blank):
+            # No taste judges an empty reply (a label needs text on both sides): as a person
+            # would, the annotator takes any answer over none, or calls two blanks even.
+            if all(blank):
+                return {"choice": "tie"}
+            return {"choice": "right" if blank[0] else "left", "strength": top}
         verdict = annotator.taste.compare(item.prompt.text, left.text, right.text)
         if verdict.tie:
             return {"choice": "tie"}
         choice = "left" if verdict.chosen == left.text else "right"
-        top = int(self.question.config.get("max_strength", 3))
-        return {"choice": choice, "strength": min(verdict.strength or 1, max(top, 1))}
+        return {"choice": choice, "strength": min(verdict.strength or 1, top)}
 
     # --- rounds ---------------------------------------------------------------------------
 

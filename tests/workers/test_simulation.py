@@ -104,6 +104,28 @@ def test_the_annotators_prefer_the_response_with_more_of_their_letter(
         assert 1 <= int(str(answer["strength"])) <= 3
 
 
+@pytest.mark.parametrize("blank", ["", " \n "])
+def test_an_annotator_takes_any_reply_over_a_blank_one_and_calls_two_blanks_even(
+    project: Project, blank: str
+) -> None:
+    """A pair with an empty side (a policy that ended at once; the generate stage leaves such
+    samples out, but a project can hold others) is answered, not a crash of the simulation."""
+    sim, _ = simulation()
+    prompt = Prompt.objects.create(project=project, text="Say something.", source="seed")
+    empty = Response.objects.create(prompt=prompt, text=blank)
+    spoken = Response.objects.create(prompt=prompt, text="a dry salt marsh")
+    item = create_item(project, prompt, [empty, spoken])
+    left = item.placements.get(position=0).response
+    for annotator in sim.panel:
+        assert sim.answer(annotator, item) == {
+            "choice": "right" if left == empty else "left",
+            "strength": 3,
+        }
+    other = Response.objects.create(prompt=prompt, text="\t")
+    both = create_item(project, prompt, [empty, other])
+    assert sim.answer(sim.panel[0], both) == {"choice": "tie"}
+
+
 def test_any_hidden_preference_can_drive_the_panel_with_noise_in_its_own_units(
     project: Project,
 ) -> None:
