@@ -202,7 +202,9 @@ def flag_options(project: Project) -> list[str]:
 def flag(
     item: Item, annotator: User, reason: str, note: str = "", *, now: datetime | None = None
 ) -> Flag:
-    """Report `item` for review; it leaves everyone's queue while the flag is open."""
+    """Report `item`, served to the annotator, for review; it leaves everyone's queue while the
+    flag is open. AnnotationError(403) for an item never served to them: a flag withholds its
+    item from every annotator, so an id guessed in the URL must not."""
     now = now or timezone.now()
     if reason not in flag_options(item.project):
         allowed = ", ".join(flag_options(item.project))
@@ -214,6 +216,8 @@ def flag(
     with transaction.atomic():
         queue.check_can_annotate(item.project, annotator)
         locked = _lock_item(item)
+        if not _was_served(locked, annotator):
+            raise AnnotationError("You can only flag an item that was served to you.", 403)
         if Flag.objects.filter(item=locked, annotator=annotator).exists():
             raise AnnotationError("You have already flagged this item.", 409)
         created = Flag.objects.create(
@@ -222,6 +226,14 @@ def flag(
         Lease.objects.filter(item=locked, annotator=annotator).delete()
         _event(EventKind.FLAGGED, locked, annotator, now, details={"reason": reason})
     return created
+
+
+def _was_served(item: Item, annotator: User) -> bool:
+    """Whether the queue ever handed `item` to `annotator` (every lease is granted with a SERVED
+    event, and the event outlives the lease: an answered or expired item counts too)."""
+    return AnnotationEvent.objects.filter(
+        item=item, annotator=annotator, kind=EventKind.SERVED
+    ).exists()
 
 
 def undo_last(project: Project, annotator: User, *, now: datetime | None = None) -> Submission:

@@ -292,6 +292,35 @@ def test_flag_by_a_non_member_is_403(rating: Project, annotator: User, outsider:
     refused(403, lambda: labelling.flag(item, outsider, "unsafe"))
 
 
+def test_flagging_an_item_never_served_to_the_annotator_is_403_and_withholds_nothing(
+    make_project: MakeProject, add_items: AddItems, annotator: User, second_annotator: User
+) -> None:
+    project = make_project(members=[annotator, second_annotator], overlap=2)
+    (guessed,) = add_items(project, prompts=1, responses=1, gold=True)
+    refused(403, lambda: labelling.flag(guessed, annotator, "unsafe"), "served to you")
+    lease = next_item(project, second_annotator)
+    assert lease is not None and lease.item == guessed
+
+
+def test_flagging_an_item_served_to_someone_else_is_403(
+    make_project: MakeProject, add_items: AddItems, annotator: User, second_annotator: User
+) -> None:
+    project = make_project(members=[annotator, second_annotator], overlap=1)
+    add_items(project, prompts=1, responses=1)
+    theirs = leased(project, second_annotator)
+    refused(403, lambda: labelling.flag(theirs, annotator, "unsafe"), "served to you")
+
+
+def test_an_item_served_earlier_can_be_flagged_after_its_lease_expired(
+    rating: Project, annotator: User
+) -> None:
+    start = timezone.now()
+    lease = next_item(rating, annotator, now=start)
+    assert lease is not None
+    later = start + timedelta(seconds=rating.lease_seconds + 1)
+    assert labelling.flag(lease.item, annotator, "unsafe", now=later).status == "open"
+
+
 # undo
 
 

@@ -331,6 +331,20 @@ def test_flag_with_an_unknown_reason_is_a_400_fragment(project: Project, annotat
     assert not Flag.objects.exists()
 
 
+def test_flag_of_an_item_not_served_to_me_is_a_403_fragment(
+    project: Project, annotator: User
+) -> None:
+    served = served_item(project, annotator)
+    guessed = Item.objects.filter(project=project).exclude(pk=served.pk).first()
+    assert guessed is not None
+    response = client_for(annotator).post(
+        url("flag", project, guessed.pk), {"reason": "unsafe"}, **HX
+    )
+    assert response.status_code == 403 and "served to you" in response.text
+    assert response["HX-Retarget"] == "#item-message"
+    assert not Flag.objects.exists()
+
+
 def test_flag_of_another_projects_item_is_404(
     project: Project, make_project: MakeProject, add_items: AddItems, annotator: User
 ) -> None:
