@@ -39,6 +39,7 @@ from webapp.annotation.models import (
     text_digest,
 )
 from webapp.annotation.questions import QuestionKind, TaskType, clean_answer
+from webapp.storable import storable_problem
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 50_000
@@ -163,6 +164,9 @@ class RowChecker:
         self.seen: dict[str, int] = {}
 
     def check(self, line: int, raw: Mapping[str, Any]) -> PromptRow:
+        for name, value in raw.items():
+            if problem := storable_problem(value, f"“{name}”"):
+                raise RowError(problem)
         text = self._prompt(line, raw.get("prompt"))
         metadata = raw.get("metadata", {})
         if metadata is None:

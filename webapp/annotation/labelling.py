@@ -35,6 +35,7 @@ from webapp.annotation.models import (
 )
 from webapp.annotation.questions import MAX_TEXT, QuestionKind, TaskType, clean_answer
 from webapp.annotation.queue import AnnotationError
+from webapp.storable import storable_problem
 
 __all__ = [
     "AnnotationError",
@@ -175,6 +176,7 @@ def skip(item: Item, annotator: User, reason: str = "", *, now: datetime | None 
     now = now or timezone.now()
     if len(reason) > MAX_REASON:
         raise AnnotationError(f"The reason is longer than {MAX_REASON} characters.", 400)
+    _check_storable(reason, "The reason", "reason")
     with transaction.atomic():
         queue.check_can_annotate(item.project, annotator)
         locked = _lock_item(item)
@@ -213,6 +215,7 @@ def flag(
         raise AnnotationError("Say what is wrong when the reason is 'other'.", 400, field="note")
     if len(note) > MAX_TEXT:
         raise AnnotationError(f"The note is longer than {MAX_TEXT} characters.", 400)
+    _check_storable(note, "The note", "note")
     with transaction.atomic():
         queue.check_can_annotate(item.project, annotator)
         locked = _lock_item(item)
@@ -304,6 +307,8 @@ def write_prompt(
         raise AnnotationError(f"The prompt is longer than {MAX_TEXT} characters.", 400)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise AnnotationError("Metadata must be an object.", 400)
+    _check_storable(text, "The prompt", "text")
+    _check_storable(metadata, "The metadata")
     text = text.strip().replace("\r\n", "\n")
     with transaction.atomic():
         queue.check_can_annotate(project, annotator)
@@ -335,6 +340,11 @@ def written_prompts(project: Project, annotator: User) -> int:
     return Prompt.objects.filter(
         project=project, created_by=annotator, source=PromptSource.ANNOTATOR
     ).count()
+
+
+def _check_storable(value: object, what: str, field: str = "") -> None:
+    if problem := storable_problem(value, what):
+        raise AnnotationError(problem, 400, field=field)
 
 
 def _event(

@@ -27,6 +27,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from webapp.storable import check_storable
+
 MAX_TEXT = 20_000  # characters of a rewrite or a rationale
 
 
@@ -216,6 +218,7 @@ def _text_field(raw: Mapping[str, Any]) -> str:
     text = raw.get("text", "")
     if not isinstance(text, str):
         raise ValidationError("The text must be a string.")
+    check_storable(text, "The text")
     if len(text) > MAX_TEXT:
         raise ValidationError(f"The text is longer than {MAX_TEXT} characters.")
     # Every line break stored as \n, so cleaning a stored text again leaves it unchanged.

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from webapp.accounts.models import User
 from webapp.annotation.models import Flag, FlagStatus, Item, Membership
+from webapp.storable import storable_problem
 
 MAX_NOTE = 2000
 MAX_REASON = 500  # Membership.paused_reason
@@ -25,6 +26,8 @@ def review_flags(item: Item, reviewer: User, status: str, note: str = "") -> lis
     note = note.strip()
     if len(note) > MAX_NOTE:
         raise ValidationError(f"The note is longer than {MAX_NOTE} characters.", code="invalid")
+    if problem := storable_problem(note, "The note"):
+        raise ValidationError(problem, code="invalid")
     flags = list(Flag.objects.select_for_update().filter(item=item, status=FlagStatus.OPEN))
     if not flags:
         raise ValidationError("This item has no open flag: it was already reviewed.", code="stale")
@@ -47,6 +50,8 @@ def set_paused(membership: Membership, paused: bool, reason: str = "") -> Member
     reason = reason.strip()
     if len(reason) > MAX_REASON:
         raise ValidationError(f"The reason is longer than {MAX_REASON} characters.", code="invalid")
+    if problem := storable_problem(reason, "The reason"):
+        raise ValidationError(problem, code="invalid")
     locked = (
         Membership.objects.select_for_update()
         .select_related("user", "project")

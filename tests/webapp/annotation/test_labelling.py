@@ -321,6 +321,15 @@ def test_an_item_served_earlier_can_be_flagged_after_its_lease_expired(
     assert labelling.flag(lease.item, annotator, "unsafe", now=later).status == "open"
 
 
+def test_write_prompt_refuses_metadata_it_cannot_store(
+    make_project: MakeProject, annotator: User
+) -> None:
+    project = make_project(TaskType.PROMPT_WRITING, members=[annotator])
+    metadata = {"topic": "half a pair \ud83d"}
+    error = refused(400, lambda: labelling.write_prompt(project, annotator, "Hi?", metadata))
+    assert "unpaired surrogate (U+D83D)" in error.message
+
+
 # undo
 
 

@@ -115,6 +115,7 @@ def test_creating_queues_a_snapshot_by_the_tokens_owner(
         ({"seed": -1}, "seed", "whole number"),
         ({"test_share": 1.0}, "test_share", "[0, 1)"),
         ({"filters": {"model_versions": ["v\x00"]}}, "filters", "NUL"),
+        ({"filters": {"model_versions": ["v\ud800"]}}, "filters", "unpaired surrogate"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(

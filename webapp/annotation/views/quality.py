@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -19,6 +19,7 @@ from webapp.annotation import quality_reports as reports
 from webapp.annotation import reviews
 from webapp.annotation.models import FlagStatus, Item, Membership, Project
 from webapp.annotation.questions import QuestionKind
+from webapp.storable import unstorable_character
 
 VIEWERS = (Role.ADMIN, Role.RESEARCHER)
 PERIODS = {"7": 7, "30": 30, "all": None}
@@ -125,6 +126,8 @@ def flags(request: HtmxHttpRequest) -> HttpResponse:
     items = reports.flagged_items(status)
     project = None
     if slug := request.GET.get("project"):
+        if unstorable_character(slug):  # no project has it, and PostgreSQL refuses to look
+            raise Http404("No such project.")
         project = get_object_or_404(Project, slug=slug)
         items = items.filter(project=project)
     page = Paginator(items, FLAG_PAGE_SIZE).get_page(request.GET.get("page"))

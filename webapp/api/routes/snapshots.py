@@ -23,6 +23,7 @@ from webapp.exports import services as exports
 from webapp.exports.filters import FLAGGED_CHOICES, GOLD_CHOICES, RANKING_PAIR_POLICIES
 from webapp.exports.formats import FORMATS
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
+from webapp.storable import storable_problem
 
 router = Router(tags=["snapshots"])
 
@@ -127,8 +128,10 @@ def list_snapshots(request: HttpRequest, query: Query[SnapshotQuery]) -> Any:
 def create_snapshot(request: HttpRequest, body: SnapshotIn) -> Status[dict[str, Any]]:
     """Queue a snapshot of a project; a worker builds it. Follow it at its `id` until its
     status is succeeded (or failed), then download its files."""
+    for field, value in body.model_dump().items():
+        if problem := storable_problem(value, field):
+            raise FieldError(400, problem, field)
     project = project_or_404(body.project)
-    _refuse_bad_text(body.model_dump())
     try:
         snapshot = exports.create_snapshot(
             project,
@@ -236,17 +239,3 @@ def _without_usernames(project: Project, filters: dict[str, Any]) -> dict[str, A
     ids = dict(User.objects.filter(username__in=names).values_list("username", "id"))
     shown = pseudonyms(project.pk, ids.values())
     return {**filters, "annotators": sorted(shown[ids[n]] for n in names if n in ids)}
-
-
-def _refuse_bad_text(value: Any, field: str = "body") -> None:
-    """PostgreSQL stores no NUL character in text or JSON: refuse it here, as a 400 naming the
-    field, instead of letting the database fail the request."""
-    if isinstance(value, str) and "\x00" in value:
-        raise FieldError(400, f"{field} must not contain NUL characters.", field)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_bad_text(key, field)
-            _refuse_bad_text(item, str(key) if field == "body" else field)
-    elif isinstance(value, list):
-        for item in value:
-            _refuse_bad_text(item, field)
