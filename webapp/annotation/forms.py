@@ -13,8 +13,24 @@ from webapp.annotation.models import Project, Question
 from webapp.annotation.projects import SETTINGS_FIELDS
 from webapp.annotation.questions import KINDS_FOR_TASK, QuestionKind, clean_config
 
+# The longest texts the admin forms take (the browser is told with maxlength; the form refuses
+# more on the server).
+MAX_DESCRIPTION = 2_000
+MAX_GUIDELINES = 50_000
+MAX_HELP_TEXT = 2_000
+MAX_LINES_TEXT = 5_000  # scale labels, flag options: one a line
+
 
 class ProjectSettingsForm(forms.ModelForm):  # type: ignore[type-arg]
+    description = forms.CharField(
+        required=False, max_length=MAX_DESCRIPTION, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    guidelines = forms.CharField(
+        required=False,
+        max_length=MAX_GUIDELINES,
+        widget=forms.Textarea(attrs={"rows": 8}),
+        help_text="Markdown, shown to annotators in a panel.",
+    )
     overlap = forms.IntegerField(
         min_value=1, max_value=50, initial=1, help_text="Annotators who answer each item (1-50)."
     )
@@ -41,10 +57,6 @@ class ProjectSettingsForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Project
         fields = list(SETTINGS_FIELDS)
-        widgets = {
-            "description": forms.Textarea(attrs={"rows": 2}),
-            "guidelines": forms.Textarea(attrs={"rows": 8}),
-        }
 
 
 class ProjectCreateForm(ProjectSettingsForm):
@@ -72,12 +84,15 @@ class QuestionForm(forms.Form):
     key = forms.SlugField(max_length=50, help_text="Short name used in exports, e.g. helpfulness.")
     kind = forms.ChoiceField(choices=())
     text = forms.CharField(max_length=500, label="Question")
-    help_text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    help_text = forms.CharField(
+        required=False, max_length=MAX_HELP_TEXT, widget=forms.Textarea(attrs={"rows": 2})
+    )
     required = forms.BooleanField(required=False, initial=True)
     scale_min = forms.IntegerField(required=False, initial=1, label="Scale from")
     scale_max = forms.IntegerField(required=False, initial=5, label="to")
     scale_labels = forms.CharField(
         required=False,
+        max_length=MAX_LINES_TEXT,
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="One per line, e.g. “1: useless”.",
     )
@@ -87,7 +102,10 @@ class QuestionForm(forms.Form):
         required=False, initial=3, min_value=0, max_value=5, label="Strength grades (0 = none)"
     )
     flag_options = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="One flag per line."
+        required=False,
+        max_length=MAX_LINES_TEXT,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One flag per line.",
     )
 
     def __init__(self, project: Project, *args: Any, **kwargs: Any) -> None:

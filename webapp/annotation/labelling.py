@@ -175,7 +175,9 @@ def skip(item: Item, annotator: User, reason: str = "", *, now: datetime | None 
     """Pass on `item`: it is never served to this annotator again."""
     now = now or timezone.now()
     if len(reason) > MAX_REASON:
-        raise AnnotationError(f"The reason is longer than {MAX_REASON} characters.", 400)
+        raise AnnotationError(
+            f"The reason is longer than {MAX_REASON} characters.", 400, field="reason"
+        )
     _check_storable(reason, "The reason", "reason")
     with transaction.atomic():
         queue.check_can_annotate(item.project, annotator)
@@ -214,7 +216,7 @@ def flag(
     if reason == OTHER_FLAG and not note.strip():
         raise AnnotationError("Say what is wrong when the reason is 'other'.", 400, field="note")
     if len(note) > MAX_TEXT:
-        raise AnnotationError(f"The note is longer than {MAX_TEXT} characters.", 400)
+        raise AnnotationError(f"The note is longer than {MAX_TEXT} characters.", 400, field="note")
     _check_storable(note, "The note", "note")
     with transaction.atomic():
         queue.check_can_annotate(item.project, annotator)
@@ -304,7 +306,9 @@ def write_prompt(
     if not isinstance(text, str) or not text.strip():
         raise AnnotationError("The prompt is empty.", 400, field="text")
     if len(text) > MAX_TEXT:
-        raise AnnotationError(f"The prompt is longer than {MAX_TEXT} characters.", 400)
+        raise AnnotationError(
+            f"The prompt is longer than {MAX_TEXT} characters.", 400, field="text"
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise AnnotationError("Metadata must be an object.", 400)
     _check_storable(text, "The prompt", "text")

@@ -57,7 +57,8 @@ FULL_COUNT_SECONDS = 60
 
 class AnnotationError(Exception):
     """A request the workspace refuses: `status` is the HTTP status a view answers with
-    (400 malformed or out of range, 403 not allowed, 409 duplicate or stale)."""
+    (400 malformed or out of range, 403 not allowed, 409 duplicate or stale, 413 a form too
+    large to read)."""
 
     def __init__(self, message: str, status: int = 400, *, field: str = "") -> None:
         super().__init__(message)

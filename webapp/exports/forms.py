@@ -28,10 +28,10 @@ class ExportForm(forms.Form):
         choices=[(name, name) for name in FORMATS], widget=forms.CheckboxSelectMultiple
     )
     since = forms.CharField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        required=False, max_length=64, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
     until = forms.CharField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        required=False, max_length=64, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
     model_versions = forms.ModelMultipleChoiceField(
         queryset=ModelVersion.objects.all(), to_field_name="name", required=False
@@ -42,7 +42,9 @@ class ExportForm(forms.Form):
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
     gold = forms.ChoiceField(choices=_choices(GOLD_CHOICES), initial="include")
     flagged = forms.ChoiceField(choices=_choices(FLAGGED_CHOICES), initial="exclude")
-    annotators = forms.CharField(required=False, help_text="usernames, separated by commas")
+    annotators = forms.CharField(
+        required=False, max_length=2_000, help_text="usernames, separated by commas"
+    )
     seed = forms.IntegerField(initial=0, min_value=0)
     test_share = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
     include_ties = forms.BooleanField(required=False)

@@ -39,11 +39,13 @@ class StartRoundForm(forms.Form):
     )
     since = forms.CharField(
         required=False,
+        max_length=64,
         label="Labels since",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
     until = forms.CharField(
         required=False,
+        max_length=64,
         label="Labels until",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
@@ -61,6 +63,7 @@ class StartRoundForm(forms.Form):
     )
     overrides = forms.CharField(
         required=False,
+        max_length=10_000,
         label="Overrides (JSON)",
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": OVERRIDES_EXAMPLE}),
         help_text=f"Settings per section, merged into the preset: {', '.join(SECTIONS)}.",

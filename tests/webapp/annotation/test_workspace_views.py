@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.test import Client
@@ -22,7 +24,7 @@ from webapp.annotation.models import (
     Skip,
     Submission,
 )
-from webapp.annotation.questions import TaskType
+from webapp.annotation.questions import MAX_TEXT, TaskType
 from webapp.annotation.queue import next_item
 
 HX = {"HTTP_HX_REQUEST": "true"}
@@ -220,6 +222,55 @@ def test_submit_of_an_out_of_range_answer_is_a_400_fragment_and_writes_nothing(
     assert "between 1 and 5" in response.text
     assert response["HX-Retarget"] == "#item-message"
     assert not Submission.objects.exists()
+
+
+def signed_in_with_csrf(user: User, project: Project) -> tuple[Client, dict[str, str]]:
+    """A client that, like a browser, passes Django's CSRF check (which reads the form first),
+    and the headers htmx sends with it."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get(url("annotate", project))
+    return client, {**HX, "HTTP_X_CSRFTOKEN": client.cookies["csrftoken"].value}
+
+
+def test_a_5_mb_rationale_is_a_413_beside_the_field_and_keeps_the_item(
+    project: Project, annotator: User
+) -> None:
+    item = served_item(project, annotator)
+    client, headers = signed_in_with_csrf(annotator, project)
+    body = urlencode({**RATING_POST, "q-rationale-text": "x" * 5_000_000})
+    form = "application/x-www-form-urlencoded"
+    response = client.post(url("submit", project, item.pk), body, content_type=form, **headers)
+    assert response.status_code == 413
+    assert response["HX-Retarget"] == "#item-message"  # the form and what was typed stay
+    assert 'data-field="rationale"' in response.text
+    assert "shorten it to at most 20,000 characters" in response.text
+    assert not Submission.objects.exists()
+    assert Lease.objects.filter(item=item, annotator=annotator).exists()
+
+
+def test_an_over_long_rationale_is_a_400_beside_the_field(
+    project: Project, annotator: User
+) -> None:
+    item = served_item(project, annotator)
+    data = {**RATING_POST, "q-rationale-text": "x" * (MAX_TEXT + 1)}
+    response = client_for(annotator).post(url("submit", project, item.pk), data, **HX)
+    assert response.status_code == 400 and 'data-field="rationale"' in response.text
+    assert f"longer than {MAX_TEXT} characters" in response.text
+    assert not Submission.objects.exists()
+
+
+def test_every_text_box_of_the_annotate_page_has_a_maxlength(
+    make_project: MakeProject, add_items: AddItems, annotator: User
+) -> None:
+    rewrite = make_project(TaskType.REWRITE, members=[annotator])
+    add_items(rewrite, prompts=1, responses=1)
+    writing = make_project(TaskType.PROMPT_WRITING, members=[annotator])
+    client = client_for(annotator)
+    for page in (rewrite, writing):
+        html = client.get(url("annotate", page)).text
+        boxes = re.findall(r"<textarea[^>]*>", html)
+        assert boxes and all(f'maxlength="{MAX_TEXT}"' in box for box in boxes), boxes
 
 
 def test_submit_of_a_malformed_active_time_is_400(project: Project, annotator: User) -> None:

@@ -9,6 +9,7 @@ from django import template
 from django.utils.safestring import SafeString, mark_safe
 
 from webapp.annotation.models import Question
+from webapp.annotation.questions import MAX_TEXT
 from webapp.annotation.rendering import render_markdown
 
 register = template.Library()
@@ -18,6 +19,13 @@ register = template.Library()
 def markdown_filter(text: str) -> SafeString:
     """`{{ response.text|markdown }}`: the text as sanitised HTML."""
     return mark_safe(render_markdown(str(text or "")))
+
+
+@register.simple_tag
+def max_text() -> int:
+    """`maxlength="{% max_text %}"`: the most characters of a text answer, a rewrite, a flag's
+    note or a written prompt (the services refuse more)."""
+    return MAX_TEXT
 
 
 @register.filter

@@ -31,8 +31,9 @@ from webapp.annotation.models import (
     Project,
     Submission,
 )
-from webapp.annotation.questions import TaskType
+from webapp.annotation.questions import MAX_TEXT, TaskType
 from webapp.annotation.queue import AnnotationError
+from webapp.core.oversized import answers_too_large
 
 PAGE = "annotation/workspace/annotate.html"
 HISTORY_PAGE_SIZE = 25
@@ -89,12 +90,21 @@ def _active_ms(data: QueryDict) -> int:
     return int(raw)
 
 
-def _error(request: HttpRequest, project: Project, error: AnnotationError) -> HttpResponse:
+def _error(request: HttpRequest, project: Project | None, error: AnnotationError) -> HttpResponse:
     context = {"project": project, "error": error}
     response = render(request, f"{PAGE}#error", context, status=error.status)
     response["HX-Retarget"] = "#item-message"
     response["HX-Reswap"] = "innerHTML"
     return response
+
+
+def _too_large(request: HttpRequest, field: str) -> HttpResponse:
+    """A form too large to read at all (webapp.core.oversized): a text far past its maxlength.
+    The refusal goes where every refusal goes, so the item and what was typed stay."""
+    key = field[2:].rsplit("-", 1)[0] if field.startswith("q-") and field.count("-") >= 2 else field
+    limit = labelling.MAX_REASON if key == "reason" else MAX_TEXT
+    message = f"This text is far too long to send: shorten it to at most {limit:,} characters."
+    return _error(request, None, AnnotationError(message, 413, field=key))
 
 
 def item_context(project: Project, user: User) -> dict[str, Any]:
@@ -176,6 +186,7 @@ def annotate(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     return render(request, template, context)
 
 
+@answers_too_large(_too_large)
 @role_required(Role.ANNOTATOR, Role.ADMIN)
 @require_POST
 def submit(request: HtmxHttpRequest, slug: str, item_id: int) -> HttpResponse:
@@ -191,6 +202,7 @@ def submit(request: HtmxHttpRequest, slug: str, item_id: int) -> HttpResponse:
     return _next(request, project, "annotation:submitted")
 
 
+@answers_too_large(_too_large)
 @role_required(Role.ANNOTATOR, Role.ADMIN)
 @require_POST
 def skip(request: HtmxHttpRequest, slug: str, item_id: int) -> HttpResponse:
@@ -203,6 +215,7 @@ def skip(request: HtmxHttpRequest, slug: str, item_id: int) -> HttpResponse:
     return _next(request, project, "annotation:skipped")
 
 
+@answers_too_large(_too_large)
 @role_required(Role.ANNOTATOR, Role.ADMIN)
 @require_POST
 def flag(request: HtmxHttpRequest, slug: str, item_id: int) -> HttpResponse:
@@ -229,6 +242,7 @@ def undo(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     return _next(request, project, "annotation:undone")
 
 
+@answers_too_large(_too_large)
 @role_required(Role.ANNOTATOR, Role.ADMIN)
 @require_POST
 def write_prompt(request: HtmxHttpRequest, slug: str) -> HttpResponse:

@@ -34,10 +34,19 @@
 
   document.addEventListener("htmx:afterSwap", function (event) {
     const error = event.detail.target && event.detail.target.querySelector(".ws-error[data-field]");
+    document.querySelectorAll("#item .ws-field-error").forEach(function (old) { old.remove(); });
     if (error) {
-      // Point at the question the server refused.
-      const fieldset = document.querySelector('fieldset[data-key="' + CSS.escape(error.dataset.field) + '"]');
+      // Point at the question (or the text box) the server refused, and say why beside it.
+      const field = error.dataset.field;
+      const fieldset = document.querySelector('fieldset[data-key="' + CSS.escape(field) + '"]');
       if (fieldset) { fieldset.classList.add("q-missing"); fieldset.focus(); }
+      const box = fieldset ? null : document.querySelector('#item textarea[name="' + CSS.escape(field) + '"]');
+      if (fieldset || box) {
+        const note = document.createElement("p");
+        note.className = "ws-field-error";
+        note.textContent = error.querySelector("p").textContent.trim();
+        if (fieldset) fieldset.appendChild(note); else box.insertAdjacentElement("afterend", note);
+      }
     }
     if (event.detail.target && event.detail.target.id === "item") {
       activeMs = 0;
