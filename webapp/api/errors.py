@@ -3,6 +3,8 @@ one parameter is at fault."""
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
@@ -32,5 +34,15 @@ def install_handlers(api: NinjaAPI) -> None:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
 
+    def too_large(
+        request: HttpRequest, error: RequestDataTooBig | type[RequestDataTooBig]
+    ) -> HttpResponse:
+        # Django reads at most DATA_UPLOAD_MAX_MEMORY_SIZE of a body; left alone, this became
+        # Django's plain page instead of JSON.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        detail = f"The request body is larger than the server accepts ({limit:,} bytes)."
+        return api.create_response(request, {"detail": detail}, status=413)
+
     api.add_exception_handler(FieldError, field_error)
+    api.add_exception_handler(RequestDataTooBig, too_large)
     api.add_exception_handler(AuthenticationError, unauthenticated)

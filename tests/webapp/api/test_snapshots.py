@@ -128,6 +128,14 @@ def test_bad_input_is_a_400_naming_the_field(
     assert not ExportSnapshot.objects.exists()
 
 
+def test_a_body_too_large_to_read_is_a_413_in_json(scene: Scene, researcher_client: Client) -> None:
+    body = {"project": "pairs", "formats": ["pairs_jsonl"], "filters": {"x": "y" * 3_000_000}}
+    response = post(researcher_client, body)
+    assert response.status_code == 413
+    assert "larger than the server accepts" in response.json()["detail"]
+    assert not ExportSnapshot.objects.exists()
+
+
 @pytest.mark.parametrize(
     "body",
     [
