@@ -37,3 +37,13 @@ def ensure_demo_accounts() -> tuple[DemoAccount, ...]:
                 user.is_staff = user.is_superuser = True
             user.save()
     return DEMO_ACCOUNTS
+
+
+def accounts_with_published_passwords() -> list[DemoAccount]:
+    """The demo accounts that still sign in with the password this module (and the README) show."""
+    published = []
+    for account in DEMO_ACCOUNTS:
+        user = User.objects.filter(username=account.username).first()
+        if user is not None and user.is_active and user.check_password(account.password):
+            published.append(account)
+    return published

@@ -11,6 +11,7 @@ tail of its log; only the simulation may finish.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webapp.annotation.demo import seed_demo_projects
-from webapp.core.demo import DemoAccount, ensure_demo_accounts
+from webapp.core.demo import DemoAccount, accounts_with_published_passwords, ensure_demo_accounts
 from webapp.training.demo import (
     SIMULATED_LABELS_PER_ROUND,
     SIMULATED_PREFERENCES,
@@ -43,7 +44,18 @@ class Command(BaseCommand):
     help = "Run the web server and the workers on the embedded default (SQLite, file broker)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="address to serve on (%(default)s); any other than loopback makes the app "
+            "reachable from other machines and needs the demo passwords changed first",
+        )
+        parser.add_argument(
+            "--allow-demo-passwords",
+            action="store_true",
+            help="serve on a --host other than loopback although demo accounts still have "
+            "their published passwords",
+        )
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument(
@@ -103,6 +115,8 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         accounts = ensure_demo_accounts()
+        if not options["allow_demo_passwords"]:
+            _refuse_published_passwords_off_loopback(host)
         seed_demo_projects()  # idempotent; every annotator and admin becomes a member
         if options["demo_steps"] != 0:
             self.stdout.write("Demo model (a tiny PaLM pretrained on Shakespeare):")
@@ -173,6 +187,30 @@ def _refuse_busy_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         if probe.connect_ex((host, port)) == 0:
             raise CommandError(f"Port {port} on {host} is already in use; choose one with --port.")
+
+
+def _refuse_published_passwords_off_loopback(host: str) -> None:
+    if _is_loopback(host):
+        return
+    published = accounts_with_published_passwords()
+    if not published:
+        return
+    names = ", ".join(account.username for account in published)
+    raise CommandError(
+        f"--host {host} makes the application reachable from other machines, and the demo "
+        f"accounts {names} still have the passwords that the README publishes. Change them "
+        "first (python manage.py changepassword USERNAME, for each one), or start with "
+        "--allow-demo-passwords if every machine that can reach this address is trusted."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _build_demo_model(steps: int | None) -> None:
