@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from webapp.env import env_bool, env_int, env_list, env_path, env_str, secret_key_from
@@ -31,6 +32,32 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_HTTPS_PROXY", False) else None
 )
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+# Served over HTTPS (docker-compose.yml turns these on): plain HTTP is redirected, except the
+# health check that the containers call inside their network, and browsers are told to use HTTPS
+# only (HSTS) for HSTS_SECONDS. Off by default: the embedded default serves plain HTTP.
+SECURE_SSL_REDIRECT = env_bool("HTTPS_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
+# Content-Security-Policy (django-csp), on everywhere: scripts, styles, fonts and requests from
+# this site only, so an injected <script>, event handler or javascript: link does not run. htmx
+# needs nothing inline (its configuration is a JSON meta tag, it evaluates no code and adds no
+# style element, see base.html). Style *attributes* are allowed: the bars of the quality and
+# leaderboard pages are sized with them, and a style attribute cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -50,10 +77,12 @@ INSTALLED_APPS = [
     "ninja",  # the API docs page's scripts, served as our static files instead of from a CDN
     "webapp.api",
     "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
