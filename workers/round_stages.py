@@ -175,15 +175,14 @@ def stage_generate(run: RoundRun) -> dict[str, Any]:
     )
     if added is None:
         run.beat(force=True)  # lost: raises; else another attempt added them already
-    queued = len(registry.queueable_samples(samples))
-    left_out = f"; {len(samples) - queued} left out (blank, or paired with a blank)"
+    blank = registry.blank_samples(samples)
     rounds.log(
         run.round_id,
-        f"generate: {queued} samples of {version.name} queued"
-        + (left_out if queued < len(samples) else "")
+        f"generate: {len(samples)} samples of {version.name} queued"
+        + (f"; {blank} of them blank (an empty answer, judged like any other)" if blank else "")
         + ".",
     )
-    return {"samples_added": queued, "version": version.name}
+    return {"samples_added": len(samples), "blank_samples": blank, "version": version.name}
 
 
 def _parent_checkpoint(version: ModelVersion) -> Path | None:

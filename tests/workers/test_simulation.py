@@ -108,8 +108,8 @@ def test_the_annotators_prefer_the_response_with_more_of_their_letter(
 def test_an_annotator_takes_any_reply_over_a_blank_one_and_calls_two_blanks_even(
     project: Project, blank: str
 ) -> None:
-    """A pair with an empty side (a policy that ended at once; the generate stage leaves such
-    samples out, but a project can hold others) is answered, not a crash of the simulation."""
+    """A pair with an empty side (a policy that ended at once: the generate stage queues its
+    samples, blank or not, for people to judge) is answered, not a crash of the simulation."""
     sim, _ = simulation()
     prompt = Prompt.objects.create(project=project, text="Say something.", source="seed")
     empty = Response.objects.create(prompt=prompt, text=blank)

@@ -213,7 +213,7 @@ def _rows(
     if not kinds:
         return
     facts = progress.counted(source.label_facts(project, filters, kinds))
-    items = builders.agreeing(builders.by_item(facts), policy)
+    items = builders.with_text(builders.agreeing(builders.by_item(facts), policy), policy)
     yield from builders.BUILDERS[dataset.name](items, policy)
 
 

@@ -119,6 +119,26 @@ def agreeing(items: Iterable[list[LabelFact]], policy: Policy) -> Iterator[list[
             policy.counts["items_below_min_agreement"] += 1
 
 
+def is_blank(text: str) -> bool:
+    """A response with no text to judge or train on (a model that ended at once)."""
+    return not text.strip()
+
+
+def with_text(items: Iterable[list[LabelFact]], policy: Policy) -> Iterator[list[LabelFact]]:
+    """Each item's labels, less those on an item that shows a blank response: people may
+    judge an empty answer (it should lose), but no data set row can hold one (every trainer
+    refuses a response without text). A rewrite of it is kept: its row is the new text. The
+    labels left out are counted in the manifest."""
+    for facts in items:
+        if not any(is_blank(text) for _, text in facts[0]["responses"]):
+            yield facts
+            continue
+        kept = [fact for fact in facts if fact["kind"] == QuestionKind.REWRITE]
+        policy.counts["labels_on_blank_responses_excluded"] += len(facts) - len(kept)
+        if kept:
+            yield kept
+
+
 def _agrees(facts: list[LabelFact], minimum: float) -> bool:
     by_question: dict[str, list[LabelFact]] = {}
     for fact in facts:

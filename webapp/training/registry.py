@@ -30,7 +30,7 @@ from webapp.annotation.questions import TaskType
 from webapp.exports.building import MANIFEST, run_snapshot, snapshot_dir
 from webapp.exports.formats import DATASETS
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
-from webapp.exports.rows import split_of
+from webapp.exports.rows import is_blank, split_of
 from webapp.exports.services import create_snapshot
 from webapp.training.models import RoundState, TrainingRound
 
@@ -251,7 +251,6 @@ def add_samples(
     samples, a pairwise project gets blind pairs of new against parent on the same prompt
     (the i-th sample of each); otherwise items are made as the project's task type says.
     """
-    samples = queueable_samples(samples)
     taken = TrainingRound.objects.filter(
         pk=round_id, state=RoundState.RUNNING, worker=worker, samples_added__isnull=True
     ).update(samples_added=len(samples))
@@ -274,19 +273,12 @@ def add_samples(
     return len(responses)
 
 
-def queueable_samples(samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The samples that can be judged: a blank one (the model ended at once) is left out, and
-    with it the other version's sample of the same prompt and index, its blind pair. A label
-    with a blank side would be refused by every later stage that reads it (the reward model's
-    records need text on both sides), so the next round would fail on this round's output."""
-    seen: dict[tuple[Any, str], int] = {}
-    keyed = []
-    for row in samples:
-        key = (row["prompt_id"], row["which"])
-        index = seen[key] = seen.get(key, -1) + 1
-        keyed.append(((row["prompt_id"], index), row))
-    blank = {slot for slot, row in keyed if not str(row["text"]).replace("\x00", "").strip()}
-    return [row for slot, row in keyed if slot not in blank]
+def blank_samples(samples: Sequence[Mapping[str, Any]]) -> int:
+    """How many samples are blank (the model ended at once, or wrote only spaces). They are
+    queued like any other: people see the empty answer and judge it (an empty reply losing to
+    its parent's is the verdict a round must hear), and label snapshots leave such labels out
+    (`exports.rows.with_text`), since no trainer takes a response without text."""
+    return sum(is_blank(str(row["text"])) for row in samples)
 
 
 def _item_plan(

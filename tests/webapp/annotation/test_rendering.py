@@ -9,6 +9,7 @@ import pytest
 from django.template import Context, Template
 
 from webapp.annotation.rendering import render_markdown
+from webapp.annotation.templatetags.annotation_tags import markdown_filter
 
 ATTACKS = [
     "<script>alert(1)</script>",
@@ -82,3 +83,10 @@ def test_the_template_filter_renders_and_marks_safe() -> None:
     html = template.render(Context({"text": "*hi* <script>x</script>"}))
     assert "<em>hi</em>" in html
     assert "<script>" not in html
+
+
+@pytest.mark.parametrize("blank", ["", "  \n\t"])
+def test_a_blank_response_says_it_is_empty_instead_of_showing_an_empty_box(blank: str) -> None:
+    html = markdown_filter(blank)
+    assert "empty-text" in html and "nothing was written" in html
+    assert "empty-text" not in markdown_filter("words")

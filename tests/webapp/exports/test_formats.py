@@ -69,6 +69,32 @@ def test_ties_and_both_bad_are_counted_and_left_out_unless_ties_are_asked_for() 
     assert with_ties.counts == {"ties_included": 1, "both_bad_excluded": 1}
 
 
+def test_labels_on_an_item_with_a_blank_response_are_counted_and_left_out_but_its_rewrite_kept() -> (
+    None
+):
+    """People judge a model's empty answer (it should lose), but no row may hold one: every
+    trainer refuses a response without text, so the next round would fail on it."""
+
+    def blank_first(label: LabelFact) -> LabelFact:
+        (first, _), *rest = label["responses"]
+        return {**label, "responses": [(first, " \n"), *rest]}
+
+    judged = [blank_first(fact("preference", WIN_RIGHT, annotator=a)) for a in (1, 2)]
+    rewritten = [
+        blank_first(fact("rewrite", {"text": "an answer"}, item=2, responses=1)),
+        blank_first(fact("likert", {"score": 5}, item=2, question="helpfulness", responses=1)),
+    ]
+    fine = [fact("preference", WIN_RIGHT, item=3)]
+    policy = Policy(salt="s")
+    items = list(rows.with_text(rows.by_item([*judged, *rewritten, *fine]), policy))
+    assert [[label["kind"] for label in labels] for labels in items] == [
+        ["rewrite"],
+        ["preference"],
+    ]
+    assert policy.counts == {"labels_on_blank_responses_excluded": 3}
+    assert [row["chosen"] for _, row in rows.pair_rows(items, policy)] == ["response 1"]
+
+
 def test_the_hh_form_is_a_two_turn_transcript() -> None:
     (row,) = [r for _, r in rows.hh_rows([[fact("preference", WIN_RIGHT)]], Policy(salt="s"))]
     assert row == {

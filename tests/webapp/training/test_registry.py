@@ -107,22 +107,25 @@ def test_samples_become_blind_pairs_of_new_against_parent_once(
     assert TrainingRound.objects.get(pk=training_round.pk).samples_added == 12
 
 
-def test_a_blank_sample_is_never_queued_nor_the_parent_sample_it_was_paired_with(
+def test_a_blank_sample_is_queued_for_people_to_judge_and_counted(
     project: Project, base: ModelVersion
 ) -> None:
-    """A policy that ends at once writes nothing; a pair with an empty side would break the
-    next round, whose reward model refuses a label without text on both sides."""
+    """A policy that ends at once writes nothing: people must see that answer lose to its
+    parent's (leaving the pair out would hide the round's worst samples from the votes); the
+    label snapshot leaves such labels out (tests/webapp/exports)."""
     training_round = running_round(project)
     new = ModelVersion.objects.create(name="new", parent=base, checkpoint_dir="x")
     rows = samples(project)
     first_new = next(i for i, row in enumerate(rows) if row["which"] == "new")
     rows[first_new] = {**rows[first_new], "text": ""}
+    assert registry.blank_samples(rows) == 1
     before = Item.objects.count()
-    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) == 10
-    assert Item.objects.count() - before == 5
-    assert not Response.objects.filter(text="").exists()
-    for item in Item.objects.all()[before:]:
-        assert {r.model_version for r in item.responses.all()} == {new, base}
+    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) == 12
+    assert Item.objects.count() - before == 6
+    [blank] = Response.objects.filter(text="")
+    assert blank.model_version == new
+    [pair] = Item.objects.filter(responses=blank)
+    assert {r.model_version for r in pair.responses.all()} == {new, base}
 
 
 def test_samples_without_a_parent_are_paired_with_each_other(project: Project) -> None:
@@ -147,6 +150,26 @@ def test_the_label_snapshot_is_built_once_with_its_hash(project: Project) -> Non
     inputs = registry.label_inputs(snapshot)
     assert inputs["rows"] == {"pairs": 6}
     assert all(Path(path).is_file() for path in inputs["labels"]["train"])
+
+
+def test_a_vote_on_a_blank_sample_counts_in_the_snapshot_but_gives_no_row(
+    project: Project,
+    annotator: User,
+    add_label: AddLabel,  # noqa: F811
+) -> None:
+    """The next round's label snapshot after people judged an empty answer: its trainers get
+    only pairs with text on both sides, and the manifest says how many labels were left out."""
+    item = Item.objects.filter(project=project).first()
+    assert item is not None
+    blank = item.responses.first()
+    assert blank is not None
+    Response.objects.filter(pk=blank.pk).update(text="")
+    snapshot = registry.snapshot_labels(running_round(project))
+    assert registry.label_inputs(snapshot)["rows"] == {"pairs": 5}
+    assert snapshot.manifest["counts"]["pairs"]["labels_on_blank_responses_excluded"] == 1
+    [train] = registry.label_inputs(snapshot)["labels"]["train"]
+    for line in Path(train).read_text().splitlines():
+        assert '"chosen": ""' not in line and '"rejected": ""' not in line
 
 
 def test_label_inputs_name_the_likert_attributes_in_the_order_of_the_questions(

@@ -17,8 +17,11 @@ register = template.Library()
 
 @register.filter(name="markdown")
 def markdown_filter(text: str) -> SafeString:
-    """`{{ response.text|markdown }}`: the text as sanitised HTML."""
-    return mark_safe(render_markdown(str(text or "")))
+    """`{{ response.text|markdown }}`: the text as sanitised HTML; a blank text (a model that
+    ended at once) says so, rather than showing an empty box."""
+    if not str(text or "").strip():
+        return mark_safe('<p class="muted empty-text">(empty: nothing was written)</p>')
+    return mark_safe(render_markdown(str(text)))
 
 
 @register.simple_tag
