@@ -308,7 +308,7 @@ def _expand_gold(question: Question, answer: object) -> tuple[dict[str, Any], in
 def _write(
     project: Project, rows: Sequence[PromptRow], created_by: User, report: ImportReport
 ) -> None:
-    versions = _model_versions({r.model for row in rows for r in row.responses if r.model})
+    versions = _model_versions(project, {r.model for row in rows for r in row.responses if r.model})
     prompts = Prompt.objects.bulk_create(
         (
             Prompt(
@@ -362,10 +362,12 @@ def _write(
     report.prompt_ids = [p.pk for p in prompts]
 
 
-def _model_versions(names: set[str]) -> dict[str, ModelVersion]:
-    versions = {v.name: v for v in ModelVersion.objects.filter(name__in=names)}
-    for name in sorted(names - set(versions)):
-        versions[name], _ = ModelVersion.objects.get_or_create(name=name)
+def _model_versions(project: Project, names: set[str]) -> dict[str, ModelVersion]:
+    """The project's own versions of these names: an uploaded text is never attributed to a
+    trained version, nor to another project's upload, that happens to share its name."""
+    versions = {}
+    for name in sorted(names):
+        versions[name], _ = ModelVersion.objects.get_or_create(project=project, name=name)
     return versions
 
 

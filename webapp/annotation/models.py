@@ -180,11 +180,30 @@ class Prompt(models.Model):
         super().save(*args, **kwargs)  # type: ignore[arg-type]
 
 
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
+    def usable_in(self, project: Project) -> ModelVersionQuerySet:
+        """The versions a project's filters offer: every trained one, and the names that this
+        project's own uploads gave (never another project's)."""
+        return self.filter(Q(project__isnull=True) | Q(project=project))
+
+
 class ModelVersion(models.Model):
     """A trained model: one checkpoint directory in the model store. The training issue creates
-    them; here they label responses and order the queue (newest first)."""
+    them; here they label responses and order the queue (newest first).
 
-    name = models.CharField(max_length=200, unique=True)
+    A response upload may name the model each text came from (its `model` field): such a name
+    becomes a version of that project only (`project` set, no checkpoint), apart from a trained
+    version of the same name and from the same name in another project's upload."""
+
+    name = models.CharField(max_length=200)
+    project = models.ForeignKey(
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="uploaded_versions",
+        help_text="Set for a name an upload gave; empty for a trained version.",
+    )
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
@@ -192,8 +211,22 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    objects = ModelVersionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=Q(project__isnull=True),
+                name="trained_version_name_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["project", "name"],
+                condition=Q(project__isnull=False),
+                name="uploaded_version_name_unique_per_project",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

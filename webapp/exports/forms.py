@@ -22,6 +22,12 @@ def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(value, value.replace("_", " ")) for value in values]
 
 
+class UploadAwareVersionsField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
+    def label_from_instance(self, obj: ModelVersion) -> str:
+        """A name an upload gave says which project's: only that project's export can use it."""
+        return obj.name if obj.project is None else f"{obj.name} (uploaded to {obj.project.slug})"
+
+
 class ExportForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.all(), to_field_name="slug")
     formats = forms.MultipleChoiceField(
@@ -33,8 +39,10 @@ class ExportForm(forms.Form):
     until = forms.CharField(
         required=False, max_length=64, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
-    model_versions = forms.ModelMultipleChoiceField(
-        queryset=ModelVersion.objects.all(), to_field_name="name", required=False
+    model_versions = UploadAwareVersionsField(
+        queryset=ModelVersion.objects.select_related("project"),
+        to_field_name="name",
+        required=False,
     )
     label_kinds = forms.MultipleChoiceField(
         choices=QuestionKind.choices, required=False, widget=forms.CheckboxSelectMultiple

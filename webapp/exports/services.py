@@ -77,7 +77,8 @@ def _check_project_can_fill(project: Project, formats: Sequence[str]) -> None:
 
 def _check_names_exist(project: Project, filters: Mapping[str, Any]) -> None:
     names = filters["model_versions"]
-    known = set(ModelVersion.objects.filter(name__in=names).values_list("name", flat=True))
+    usable = ModelVersion.objects.usable_in(project)
+    known = set(usable.filter(name__in=names).values_list("name", flat=True))
     if missing := sorted(set(names) - known):
         raise ExportError(
             f"Unknown model version(s): {', '.join(missing)}.", field="model_versions"

@@ -68,6 +68,7 @@ def register_demo_base(checkpoint_dir: str = DEMO_CHECKPOINT_DIR) -> ModelVersio
     """The demo model's version, created on the first call only (no parent: it is a base)."""
     version, _ = ModelVersion.objects.get_or_create(
         name=DEMO_BASE_NAME,
+        project=None,
         defaults={"checkpoint_dir": checkpoint_dir, "metrics": {"kind": "pretrained base"}},
     )
     return version

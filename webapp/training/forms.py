@@ -32,7 +32,8 @@ class StartRoundForm(forms.Form):
         help_text="The policy update of a full round (the recipes recommend PPO).",
     )
     base_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.all(),
+        # Trained versions only: a name an upload gave has no checkpoint to start from.
+        queryset=ModelVersion.objects.filter(project__isnull=True),
         to_field_name="name",
         required=False,
         empty_label="The project's serving version",

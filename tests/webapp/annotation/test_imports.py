@@ -17,6 +17,7 @@ from webapp.annotation.models import (
     Item,
     ItemResponse,
     ModelVersion,
+    Project,
     Prompt,
     PromptSource,
     Response,
@@ -176,6 +177,55 @@ def test_the_same_prompt_may_go_into_another_project(
     data = jsonl({"prompt": "Tell me a joke."})
     assert run(make_project(TaskType.RATING), data, admin_user).ok
     assert run(make_project(TaskType.RATING), data, admin_user).ok
+
+
+def upload_named(project: Project, model: str, user: User) -> Response:
+    """One line whose second response names `model`; that response."""
+    line = {
+        "prompt": f"Compare in {project.slug}",
+        "responses": ["a", {"text": "b", "model": model}],
+    }
+    assert run(project, jsonl(line), user).ok
+    return Response.objects.get(prompt__project=project, text="b")
+
+
+def test_a_model_name_is_a_version_of_the_uploading_project_only(
+    make_project: MakeProject, admin_user: User
+) -> None:
+    first, second = make_project(TaskType.PAIRWISE), make_project(TaskType.PAIRWISE)
+    in_first = upload_named(first, "gpt-x", admin_user)
+    assert in_first.model_version is not None and in_first.model_version.project == first
+    assert not ModelVersion.objects.usable_in(second).filter(name="gpt-x").exists()
+
+    in_second = upload_named(second, "gpt-x", admin_user)
+    assert in_second.model_version is not None and in_second.model_version.project == second
+    assert in_second.model_version != in_first.model_version
+    assert list(ModelVersion.objects.usable_in(first).filter(name="gpt-x")) == [
+        in_first.model_version
+    ]
+
+
+def test_the_same_name_in_a_later_upload_reuses_the_projects_version(
+    make_project: MakeProject, admin_user: User
+) -> None:
+    project = make_project(TaskType.PAIRWISE)
+    earlier = upload_named(project, "gpt-x", admin_user)
+    line = {"prompt": "Another", "responses": ["c", {"text": "d", "model": "gpt-x"}]}
+    assert run(project, jsonl(line), admin_user).ok
+    later = Response.objects.get(prompt__project=project, text="d")
+    assert later.model_version == earlier.model_version
+    assert ModelVersion.objects.filter(name="gpt-x").count() == 1
+
+
+def test_a_name_equal_to_a_trained_version_is_not_attributed_to_it(
+    make_project: MakeProject, admin_user: User
+) -> None:
+    trained = ModelVersion.objects.create(name="demo-pairwise-r1", checkpoint_dir="rounds/1")
+    project = make_project(TaskType.PAIRWISE)
+    uploaded = upload_named(project, "demo-pairwise-r1", admin_user)
+    assert uploaded.model_version != trained
+    assert not trained.responses.exists()
+    assert not Item.objects.filter(model_version=trained).exists()
 
 
 def test_a_ranking_line_needs_k_responses(make_project: MakeProject, admin_user: User) -> None:

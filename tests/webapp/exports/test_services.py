@@ -260,6 +260,19 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_is_saved(
     assert not ExportSnapshot.objects.exists()
 
 
+def test_a_model_name_uploaded_to_another_project_is_unknown_here(
+    pairwise: Project, make_project: MakeProject, researcher: User
+) -> None:
+    elsewhere = make_project(TaskType.PAIRWISE, slug="elsewhere")
+    ModelVersion.objects.create(name="gpt-x", project=elsewhere)
+    with pytest.raises(ExportError) as raised:
+        create_snapshot(pairwise, researcher, {"model_versions": ["gpt-x"]}, ["pairs_jsonl"])
+    assert raised.value.field == "model_versions"
+    assert "Unknown model version(s): gpt-x" in raised.value.message
+    ModelVersion.objects.create(name="gpt-x", project=pairwise)
+    create_snapshot(pairwise, researcher, {"model_versions": ["gpt-x"]}, ["pairs_jsonl"])
+
+
 def test_a_snapshot_is_queued_by_name_after_commit(
     pairwise: Project,
     researcher: User,
