@@ -116,8 +116,9 @@ def test_no_template_holds_what_the_policy_blocks() -> None:
 
 @pytest.mark.django_db
 def test_the_sign_in_page_and_the_api_docs_carry_the_policy() -> None:
-    for url in ["/accounts/login/", "/api/docs"]:
+    for url in ["/accounts/login/", "/api/v1/docs"]:
         response = Client().get(url)
+        assert response.status_code == 200, url
         assert policy_of(response) == POLICY, url
         parser = InlineCode()
         parser.feed(response.content.decode())
