@@ -6,6 +6,7 @@ host through.
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,14 @@ def test_loopback_is_served_with_the_demo_passwords(command: list[str], host: st
 )
 def test_only_loopback_addresses_count_as_loopback(host: str, loopback: bool) -> None:
     assert embedded._is_loopback(host) is loopback
+
+
+def test_the_banner_prints_only_the_passwords_that_still_work(command: list[str]) -> None:
+    accounts = ensure_demo_accounts()
+    change_password("admin")
+    printed = io.StringIO()
+    embedded.Command(stdout=printed)._banner("http://x/", accounts, Path("logs"), simulating=False)
+    lines = printed.getvalue().splitlines()
+    assert "  Admin       admin / (password changed)" in lines
+    assert "  Researcher  researcher / demo-researcher" in lines
+    assert "demo-admin" not in printed.getvalue()

@@ -161,8 +161,10 @@ class Command(BaseCommand):
     ) -> None:
         self.stdout.write(self.style.SUCCESS(f"\nRLHF Feedback is running at {url}"))
         self.stdout.write("Demo log-ins (username / password):")
+        published = accounts_with_published_passwords()
         for account in accounts:
-            self.stdout.write(f"  {account.role.label:<11} {account.username} / {account.password}")
+            password = account.password if account in published else "(password changed)"
+            self.stdout.write(f"  {account.role.label:<11} {account.username} / {password}")
         if simulating:
             self.stdout.write(
                 f"Simulated annotators are labelling {SIMULATED_PROJECT}; follow them in "
