@@ -69,9 +69,7 @@ def test_ties_and_both_bad_are_counted_and_left_out_unless_ties_are_asked_for() 
     assert with_ties.counts == {"ties_included": 1, "both_bad_excluded": 1}
 
 
-def test_labels_on_an_item_with_a_blank_response_are_counted_and_left_out_but_its_rewrite_kept() -> (
-    None
-):
+def test_labels_on_a_blank_response_are_counted_and_left_out_but_a_rewrite_kept() -> None:
     """People judge a model's empty answer (it should lose), but no row may hold one: every
     trainer refuses a response without text, so the next round would fail on it."""
 
