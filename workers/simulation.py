@@ -53,6 +53,7 @@ from webapp.annotation.models import (  # noqa: E402
     Question,
 )
 from webapp.annotation.questions import QuestionKind  # noqa: E402
+from webapp.exports.rows import is_blank  # noqa: E402
 from webapp.training import demo, leaderboard, rounds, services  # noqa: E402
 from webapp.training.models import RoundKind, RoundLog, RoundState, TrainingRound  # noqa: E402
 from webapp.training.presets import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_PRESET, PRESETS  # noqa: E402
@@ -209,7 +210,7 @@ class Simulation:
         top = max(int(self.question.config.get("max_strength", 3)), 1)
         if left.text == right.text:  # a tiny model repeats itself now and then
             return {"choice": "tie"}
-        blank = [not text.strip() for text in (left.text, right.text)]
+        blank = [is_blank(text) for text in (left.text, right.text)]
         if any(blank):
             # No taste judges an empty reply (a label needs text on both sides): as a person
             # would, the annotator takes any answer over none, or calls two blanks even.
