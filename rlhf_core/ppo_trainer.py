@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from rlhf_core.corpus import atomic_output
 from rlhf_core.diagnostics import policy_warnings, warn
@@ -35,6 +34,7 @@ from rlhf_core.ppo import (
 from rlhf_core.reward import RewardModel
 from rlhf_core.rollout import (
     Rollout,
+    Sampled,
     Scorer,
     ScoreScale,
     collect_rollout,
@@ -68,16 +68,17 @@ def kl_controller(config: PPOConfig) -> KLController:
     return FixedKLController(config.init_kl_coef)
 
 
-def rollout_metrics(rollout: Rollout, ended: Tensor) -> dict[str, float]:
+def rollout_metrics(rollout: Rollout, sampled: Sampled) -> dict[str, float]:
     """Reward, KL to the reference and shape statistics of the experience, before the update;
-    `ended` (b) says which responses ended with EOS."""
+    `sampled` says which responses ended with EOS and which are blank."""
     mask = rollout.response_mask
     # Summed over the response (nats per response, the unit of kl_target), averaged over rows.
     kl = torch.where(mask, rollout.logprobs - rollout.ref_logprobs, 0.0).sum(dim=1)
     return {
         "score": float(rollout.scores.mean()),
         "score_std": float(rollout.scores.std(correction=0)),
-        "eos_rate": float(ended.float().mean()),
+        "eos_rate": float(sampled.ended.float().mean()),
+        "blank_rate": float(sampled.blank.float().mean()),
         "kl": float(kl.mean()),
         "response_length": float(mask.sum(dim=1).float().mean()),
         "value_mean": float(masked_mean(rollout.values, mask)),
@@ -188,7 +189,7 @@ def ppo_step(
     started = time.perf_counter()
     update = ppo_update(policy, optimizer, rollout, config, state.shuffle)
     learning = time.perf_counter() - started
-    before = rollout_metrics(rollout, sampled.ended)
+    before = rollout_metrics(rollout, sampled)
     state.kl.update(before["kl"])
     state.step += 1
     return {

@@ -228,6 +228,25 @@ def test_a_response_without_eos_has_the_penalty_subtracted_from_its_score() -> N
     assert unended.tolist() == [-0.75, -0.25]
 
 
+def test_a_blank_response_is_penalised_like_one_that_never_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EOS at once, only white space then EOS, an answer then EOS, an answer without EOS."""
+    rows = [[EOS], [*TOKENIZER.encode(" \n"), EOS], [*TOKENIZER.encode("hi"), EOS], [104, 105]]
+    width = max(map(len, rows))
+    tokens = torch.tensor([row + [PAD] * (width - len(row)) for row in rows])
+    lengths = torch.tensor([len(row) for row in rows])
+    monkeypatch.setattr(rollout_module, "sample_responses", lambda *_: (tokens, lengths))
+    config = dataclasses.replace(CONFIG, normalization_samples=0)
+    rollout, sampled, _ = collect_rollout(
+        tiny_policy(), constant_scorer(0.5), TOKENIZER, PROMPTS, kl_coef=0.1, config=config
+    )
+    assert sampled.ended.tolist() == [True, True, True, False]
+    assert sampled.blank.tolist() == [True, True, False, False]
+    assert rollout.scores.tolist() == [-0.5, -0.5, 0.5, -0.5]
+    assert ppo_trainer.rollout_metrics(rollout, sampled)["blank_rate"] == 0.5
+
+
 def test_value_gradients_reach_the_critic_and_never_the_policy() -> None:
     policy = tiny_policy()
     rollout = hand_built_rollout(policy)
