@@ -9,6 +9,7 @@
 only when every file is written, so a reader never sees half a checkpoint. `load_checkpoint`
 checks everything it reads and raises `CheckpointError`, naming the file, for anything wrong.
 `import_reference_checkpoint` writes one from a state dict of lucidrains' PaLM-rlhf-pytorch.
+`load_torch_file` is how files written by `torch.save` are read: checksums first.
 This is the exportable form of a model; resuming a training run needs more (optimizer, RNG and
 data position), which the trainers keep beside it.
 """
@@ -20,6 +21,8 @@ import json
 import os
 import secrets
 import shutil
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -33,7 +36,11 @@ from torch import Tensor
 
 from rlhf_core.corpus import atomic_output
 from rlhf_core.palm import PaLM, PaLMConfig
-from rlhf_core.reference_import import LayerNormConvention, import_reference
+from rlhf_core.reference_import import (
+    LayerNormConvention,
+    LayerNormConventionError,
+    import_reference,
+)
 from rlhf_core.tokenizer import Tokenizer, TokenizerError
 
 FORMAT_VERSION = 1
@@ -42,6 +49,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIRECTORY = "tokenizer"
+# How a zip archive (what torch.save has written since PyTorch 1.6) begins.
+_ZIP_MAGIC = b"PK\x03\x04"
 # PaLMConfig fields that a reference state dict's tensors do not determine: an import takes them
 # from the caller. The tensors determine every other field.
 _FREE_IMPORT_FIELDS = frozenset(
@@ -64,6 +73,10 @@ class CheckpointError(Exception):
     def __init__(self, message: str, path: Path) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class UncheckedFileWarning(UserWarning):
+    """A PyTorch file loaded without an integrity check, because it carries no checksums."""
 
 
 @dataclass(frozen=True)
@@ -162,14 +175,17 @@ def import_reference_checkpoint(
     tokenizer: Tokenizer,
     *,
     layernorm_convention: LayerNormConvention,
+    force_layernorm_convention: bool = False,
     config_values: Mapping[str, Any] | None = None,
 ) -> CheckpointMetadata:
     """Convert a PaLM-rlhf-pytorch state dict saved by `torch.save` into a checkpoint.
 
-    The architecture is read from the tensor shapes (see `rlhf_core.reference_import`).
-    `config_values` may state PaLMConfig fields: those the shapes determine must agree, a check
-    against importing the wrong file; the others (e.g. `qk_norm_scale`) are taken as given.
-    Raises ValueError for unknown or invalid `config_values`, CheckpointError for the files.
+    The file is verified against its checksums (`load_torch_file`) and the architecture read
+    from the tensor shapes (see `rlhf_core.reference_import`). `config_values` may state
+    PaLMConfig fields: those the shapes determine must agree, a check against importing the
+    wrong file; the others (e.g. `qk_norm_scale`) are taken as given. Raises ValueError for
+    unknown or invalid `config_values`, LayerNormConventionError (a ValueError) for a
+    `layernorm_convention` the weights contradict unless forced, CheckpointError for the files.
     """
     given = dict(config_values or {})
     unknown = sorted(set(given) - {item.name for item in fields(PaLMConfig)})
@@ -179,8 +195,13 @@ def import_reference_checkpoint(
     state_dict = _load_reference_state_dict(source)
     try:
         config, weights = import_reference(
-            state_dict, layernorm_convention=layernorm_convention, **options
+            state_dict,
+            layernorm_convention=layernorm_convention,
+            force_layernorm_convention=force_layernorm_convention,
+            **options,
         )
+    except LayerNormConventionError:
+        raise
     except (KeyError, StopIteration, ValueError) as error:
         raise CheckpointError(f"not a PaLM-rlhf-pytorch state dict ({error})", source) from error
     conflicts = [
@@ -293,20 +314,60 @@ def _refuse_foreign_directory(directory: Path) -> None:
 
 
 def _load_reference_state_dict(source: Path) -> dict[str, Tensor]:
-    if not source.is_file():
-        raise CheckpointError("no such file", source)
-    try:
-        loaded = torch.load(source, map_location="cpu", weights_only=True)
-    # torch.load fails on a file that is not a checkpoint with anything from KeyError to
-    # RuntimeError, depending on where the bytes stop making sense.
-    except Exception as error:
-        reason = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error) else "")
-        raise CheckpointError(f"not a readable PyTorch file ({reason})", source) from error
+    loaded = load_torch_file(source)
     if not isinstance(loaded, Mapping) or not all(
         isinstance(name, str) and isinstance(tensor, Tensor) for name, tensor in loaded.items()
     ):
         raise CheckpointError("expected a state dict: a mapping of names to tensors", source)
     return dict(loaded)
+
+
+def load_torch_file(path: Path, *, weights_only: bool = True) -> Any:
+    """What `torch.save` wrote to `path`, loaded onto the CPU after its checksums are verified.
+
+    torch.load never reads the CRC-32 that each record of its zip format carries, so flipped
+    bytes inside a tensor would load as wrong weights; here they raise CheckpointError naming
+    the record. A file without checksums (the pre-1.6 pickle format, or saved with torch's
+    `compute_crc32` off) loads with an UncheckedFileWarning: refusing it would protect nothing,
+    since saving again what was read would add checksums to the same bytes.
+    """
+    if not path.is_file():
+        raise CheckpointError("no such file", path)
+    checked = _verify_zip_records(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=weights_only)
+    # torch.load fails on a file that is not a checkpoint with anything from KeyError to
+    # RuntimeError, depending on where the bytes stop making sense.
+    except Exception as error:
+        reason = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error) else "")
+        raise CheckpointError(f"not a readable PyTorch file ({reason})", path) from error
+    if not checked:
+        message = f"{path}: no checksums to verify (legacy format, or saved without CRC-32s)"
+        warnings.warn(message, UncheckedFileWarning, stacklevel=2)
+    return loaded
+
+
+def _verify_zip_records(path: Path) -> bool:
+    """Check every record of a zip-format PyTorch file against its CRC-32 (CheckpointError on
+    a mismatch); False where there is nothing to check."""
+    with path.open("rb") as file:
+        if file.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            return False  # the legacy pickle format, or no PyTorch file at all: torch.load says
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # torch.save with compute_crc32 off writes 0 as every record's CRC-32.
+            if not any(record.CRC for record in archive.infolist()):
+                return False
+            corrupt = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise CheckpointError(f"damaged zip archive ({error})", path) from error
+    if corrupt is not None:
+        raise CheckpointError(
+            f"record {corrupt!r} does not match its CRC-32: the file is corrupt (damaged on disk "
+            "or in transfer)",
+            path,
+        )
+    return True
 
 
 def _load_tokenizer(directory: Path, config: PaLMConfig) -> Tokenizer:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from accelerate import PartialState
 
 from rlhf_core.checkpoint import (
+    UncheckedFileWarning,
     config_fields,
     import_reference_checkpoint,
     load_checkpoint,
@@ -38,6 +40,7 @@ from rlhf_core.pretrain import (
     PretrainResult,
     pretrain,
 )
+from rlhf_core.reference_import import LayerNormConventionError
 from rlhf_core.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -266,9 +269,10 @@ def add_import_checkpoint_command(subparsers: Subparsers) -> None:
         "import-checkpoint",
         help="convert a PaLM-rlhf-pytorch state dict into a checkpoint",
         description="Convert a state dict saved by lucidrains' PaLM-rlhf-pytorch (torch.save of "
-        "model.state_dict()) into a checkpoint directory. The architecture is read from the "
-        "tensor shapes; --config and the architecture flags state fields that must agree with "
-        "them, or set those the shapes cannot tell (qk_norm_scale, xpos_scale_base, ...).",
+        "model.state_dict()) into a checkpoint directory. The file's CRC-32 checksums are "
+        "verified first: nothing is written for a corrupt one. The architecture is read from "
+        "the tensor shapes; --config and the architecture flags state fields that must agree "
+        "with them, or set those the shapes cannot tell (qk_norm_scale, xpos_scale_base, ...).",
     )
     parser.add_argument("source", type=Path, metavar="SRC.pt")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -277,7 +281,13 @@ def add_import_checkpoint_command(subparsers: Subparsers) -> None:
         choices=("gamma", "offset_one"),
         required=True,
         help="gamma: 2023 releases and the public checkpoints (weight = gamma); offset_one: "
-        "current releases (weight = gamma + 1)",
+        "current releases (weight = gamma + 1). Refused where the stored weights clearly say "
+        "the other",
+    )
+    parser.add_argument(
+        "--force-layernorm-convention",
+        action="store_true",
+        help="import with --layernorm-convention even where the stored weights say the other",
     )
     parser.add_argument(
         "--tokenizer",
@@ -297,15 +307,25 @@ def _run_import_checkpoint(args: argparse.Namespace) -> None:
     try:
         values = config_fields(args.config or {})
         values.update({name: value for name, value in flags.items() if value is not None})
-        metadata = import_reference_checkpoint(
-            args.source,
-            args.out,
-            tokenizer,
-            layernorm_convention=args.layernorm_convention,
-            config_values=values,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UncheckedFileWarning)
+            metadata = import_reference_checkpoint(
+                args.source,
+                args.out,
+                tokenizer,
+                layernorm_convention=args.layernorm_convention,
+                force_layernorm_convention=args.force_layernorm_convention,
+                config_values=values,
+            )
+    except LayerNormConventionError as error:
+        raise CommandLineError(
+            f"--layernorm-convention {error.stated}: the weights of {args.source} say "
+            f"{error.detected!r}; pass --layernorm-convention {error.detected}, or add "
+            "--force-layernorm-convention to import them as stated"
+        ) from error
     except ValueError as error:
         raise CommandLineError(f"--config: {error}") from error
+    print_warnings(str(item.message) for item in caught)
     print(f"imported {args.source} -> {args.out} (weights sha256 {metadata.weights_sha256})")
 
 

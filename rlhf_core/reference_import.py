@@ -9,6 +9,7 @@ bias-free LayerNorm, which stores a parameter `gamma` and a zero buffer `beta`:
 
 Both store a tensor called `gamma` with the same shape, so the caller must say which it is;
 `detect_layernorm_convention` only helps, and refuses when the values do not make it clear.
+`import_reference` refuses a stated convention that the detection contradicts, unless forced.
 
 Buffers the reference saves but we recompute (rotary `inv_freq`, xPos `scale`) are dropped, as
 is `to_logits.weight`, which is tied to the token embedding in both models.
@@ -42,6 +43,18 @@ _RECOMPUTED_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.scale")
 _FF_OUT = re.compile(r"ff_out\.\d+\.weight")  # index 1 or 2: depends on the release's Dropout
 
 
+class LayerNormConventionError(ValueError):
+    """A stated LayerNorm convention that the stored `gamma` values contradict."""
+
+    def __init__(self, stated: LayerNormConvention, detected: LayerNormConvention) -> None:
+        super().__init__(
+            f"layernorm_convention {stated!r} contradicts the weights: their LayerNorm gammas "
+            f"say {detected!r}"
+        )
+        self.stated = stated
+        self.detected = detected
+
+
 def detect_layernorm_convention(state_dict: Mapping[str, Tensor]) -> LayerNormConvention:
     """Guess the LayerNorm convention from the stored `gamma` values, or refuse.
 
@@ -60,6 +73,19 @@ def detect_layernorm_convention(state_dict: Mapping[str, Tensor]) -> LayerNormCo
         f"cannot tell the LayerNorm convention (median gamma {median:.3f}); pass "
         "layernorm_convention='gamma' or 'offset_one' explicitly"
     )
+
+
+def check_layernorm_convention(
+    state_dict: Mapping[str, Tensor], stated: LayerNormConvention
+) -> None:
+    """Raise LayerNormConventionError where the detection contradicts `stated`; where it
+    cannot tell, `stated` stands."""
+    try:
+        detected = detect_layernorm_convention(state_dict)
+    except ValueError:
+        return
+    if detected != stated:
+        raise LayerNormConventionError(stated, detected)
 
 
 def reference_config(
@@ -159,13 +185,19 @@ def import_reference(
     state_dict: Mapping[str, Tensor],
     *,
     layernorm_convention: LayerNormConvention,
+    force_layernorm_convention: bool = False,
     qk_norm_scale: float | None = None,
     xpos_scale_base: int = 512,
 ) -> tuple[PaLMConfig, dict[str, Tensor]]:
-    """Config and state dict for `PaLM(config).load_state_dict(state)` from a reference dict."""
+    """Config and state dict for `PaLM(config).load_state_dict(state)` from a reference dict.
+
+    A `layernorm_convention` that `detect_layernorm_convention` contradicts raises
+    LayerNormConventionError unless `force_layernorm_convention` is set.
+    """
     config = reference_config(
         state_dict, qk_norm_scale=qk_norm_scale, xpos_scale_base=xpos_scale_base
     )
-    return config, convert_reference_state_dict(
-        state_dict, layernorm_convention=layernorm_convention
-    )
+    converted = convert_reference_state_dict(state_dict, layernorm_convention=layernorm_convention)
+    if not force_layernorm_convention:
+        check_layernorm_convention(state_dict, layernorm_convention)
+    return config, converted

@@ -1,22 +1,26 @@
 import hashlib
 import json
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+import torch.utils.serialization
 from safetensors.torch import load_file
 
 from rlhf_core.checkpoint import (
     CheckpointError,
     CheckpointMetadata,
+    UncheckedFileWarning,
     import_reference_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from rlhf_core.palm import PaLM, PaLMConfig
-from rlhf_core.reference_import import import_reference
+from rlhf_core.reference_import import LayerNormConventionError, import_reference
 from rlhf_core.tokenizer import Tokenizer
 from tests.rlhf_core.test_reference_import import DIM, reference_state_dict
 
@@ -316,3 +320,74 @@ def test_an_unusable_reference_file_is_refused(
         )
     assert str(error.value).startswith(f"{source}: ")
     assert not (tmp_path / "ckpt").exists()
+
+
+def flip_a_byte_inside_a_record(path: Path, name_ends_with: str = "/data/0") -> str:
+    """Flip the first data byte of the record (a tensor's storage by default) of a torch.save
+    zip file; the zip directory stays intact. Returns the record's name."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(r for r in archive.infolist() if r.filename.endswith(name_ends_with))
+    data = bytearray(path.read_bytes())
+    # The data follows the 30-byte local header, the name and the local extra field.
+    name_length, extra_length = struct.unpack_from("<HH", data, record.header_offset + 26)
+    data[record.header_offset + 30 + name_length + extra_length] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return record.filename
+
+
+def test_a_reference_file_with_a_flipped_byte_is_refused_although_torch_load_takes_it(
+    tmp_path: Path,
+) -> None:
+    source, state = reference_file(tmp_path)
+    record = flip_a_byte_inside_a_record(source)
+    loaded = torch.load(source, weights_only=True)  # the zip directory is intact ...
+    assert any(not torch.equal(loaded[name], state[name]) for name in state)  # ... the data not
+
+    with pytest.raises(CheckpointError) as error:
+        import_reference_checkpoint(
+            source, tmp_path / "ckpt", Tokenizer.byte_fallback(), layernorm_convention="gamma"
+        )
+    assert str(error.value).startswith(f"{source}: record '{record}' does not match its CRC-32")
+    assert sorted(tmp_path.iterdir()) == [source]  # no checkpoint, no staging directory
+
+
+def save_without_checksums(state: dict[str, torch.Tensor], path: Path, how: str) -> None:
+    if how == "legacy format":
+        torch.save(state, path, _use_new_zipfile_serialization=False)
+        return
+    with torch.utils.serialization.config.patch({"save.compute_crc32": False}):
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize("how", ["legacy format", "compute_crc32 off"])
+def test_a_reference_file_without_checksums_imports_with_a_warning(
+    tmp_path: Path, how: str
+) -> None:
+    _, state = reference_file(tmp_path)
+    source = tmp_path / "unchecked.pt"
+    save_without_checksums(state, source, how)
+    with pytest.warns(UncheckedFileWarning, match="no checksums to verify"):
+        import_reference_checkpoint(
+            source, tmp_path / "ckpt", Tokenizer.byte_fallback(), layernorm_convention="gamma"
+        )
+    assert load_checkpoint(tmp_path / "ckpt").config.dim == DIM
+
+
+def test_a_layernorm_convention_the_weights_contradict_is_refused_unless_forced(
+    tmp_path: Path,
+) -> None:
+    source, _ = reference_file(tmp_path)  # gammas near 1: the "gamma" convention
+    with pytest.raises(LayerNormConventionError, match="say 'gamma'"):
+        import_reference_checkpoint(
+            source, tmp_path / "ckpt", Tokenizer.byte_fallback(), layernorm_convention="offset_one"
+        )
+    assert not (tmp_path / "ckpt").exists()
+
+    written = import_reference_checkpoint(
+        source,
+        tmp_path / "ckpt",
+        Tokenizer.byte_fallback(),
+        layernorm_convention="offset_one",
+        force_layernorm_convention=True,
+    )
+    assert written.extra["layernorm_convention"] == "offset_one"

@@ -29,6 +29,7 @@ from rlhf_core.reward_labels import LabelRecord, split_by_prompt
 from rlhf_core.reward_training import RewardTrainingConfig, heads_for
 from rlhf_core.sft import SFTConfig
 from rlhf_core.tokenizer import Tokenizer
+from tests.rlhf_core.test_checkpoint import flip_a_byte_inside_a_record
 from tests.rlhf_core.test_reference_import import DIM, reference_state_dict
 from tests.rlhf_core.training_data import (
     plumbing_reward_model,
@@ -241,10 +242,60 @@ def test_import_checkpoint_reports_bad_input_in_one_line_and_writes_nothing(
     elif setup == "garbage":
         source.write_bytes(b"garbage")
     argv = ["import-checkpoint", str(source), "--out", str(tmp_path / "out")]
-    assert main([*argv, "--layernorm-convention", "gamma", *options]) == 1
+    assert main([*argv, "--layernorm-convention", "offset_one", *options]) == 1
     [line] = error_lines(capsys)
     assert line.startswith("error: ") and message in line
     assert not (tmp_path / "out").exists()
+
+
+def test_import_checkpoint_refuses_a_file_whose_checksums_fail_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = save_reference(tmp_path / "palm.pt")
+    record = flip_a_byte_inside_a_record(source)
+    torch.load(source, weights_only=True)  # torch.load alone takes it
+    argv = ["import-checkpoint", str(source), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--layernorm-convention", "offset_one"]) == 1
+    [line] = error_lines(capsys)
+    assert line == (
+        f"error: {source}: record '{record}' does not match its CRC-32: the file is corrupt "
+        "(damaged on disk or in transfer)"
+    )
+    assert sorted(tmp_path.iterdir()) == [source]
+
+
+def test_import_checkpoint_refuses_a_contradicting_layernorm_convention_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = save_reference(tmp_path / "palm.pt"), tmp_path / "out"
+    argv = ["import-checkpoint", str(source), "--out", str(out), "--layernorm-convention", "gamma"]
+    assert main(argv) == 1
+    [line] = error_lines(capsys)
+    assert line == (
+        f"error: --layernorm-convention gamma: the weights of {source} say 'offset_one'; pass "
+        "--layernorm-convention offset_one, or add --force-layernorm-convention to import them "
+        "as stated"
+    )
+    assert not out.exists()
+
+    assert main([*argv, "--force-layernorm-convention"]) == 0
+    assert load_checkpoint(out).metadata.extra["layernorm_convention"] == "gamma"
+
+
+def test_import_checkpoint_warns_that_a_legacy_file_has_no_checksums(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "palm.pt"
+    torch.save(
+        torch.load(save_reference(source), weights_only=True),
+        source,
+        _use_new_zipfile_serialization=False,
+    )
+    argv = ["import-checkpoint", str(source), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--layernorm-convention", "offset_one"]) == 0
+    assert error_lines(capsys) == [
+        f"warning: {source}: no checksums to verify (legacy format, or saved without CRC-32s)"
+    ]
 
 
 @pytest.mark.slow

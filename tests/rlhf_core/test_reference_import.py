@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rlhf_core.palm import PaLM, palm_150m
 from rlhf_core.reference_import import (
+    LayerNormConventionError,
     detect_layernorm_convention,
     import_reference,
     reference_config,
@@ -135,7 +136,9 @@ def test_imported_model_reproduces_the_reference_logits(
 
 def test_the_wrong_convention_gives_different_logits() -> None:
     state = reference_state_dict("gamma")
-    _, converted = import_reference(state, layernorm_convention="offset_one")
+    _, converted = import_reference(
+        state, layernorm_convention="offset_one", force_layernorm_convention=True
+    )
     config, _ = import_reference(state, layernorm_convention="gamma")
     model = PaLM(config)
     model.load_state_dict(converted)
@@ -154,6 +157,27 @@ def test_detection_recognises_each_convention_and_refuses_when_unclear() -> None
             unclear[key] = torch.full((DIM,), 0.5)
     with pytest.raises(ValueError, match="explicitly"):
         detect_layernorm_convention(unclear)
+
+
+def test_a_stated_convention_that_the_detection_contradicts_is_refused_unless_forced() -> None:
+    state = reference_state_dict("gamma")
+    with pytest.raises(LayerNormConventionError, match="'offset_one' contradicts") as error:
+        import_reference(state, layernorm_convention="offset_one")
+    assert (error.value.stated, error.value.detected) == ("offset_one", "gamma")
+    _, forced = import_reference(
+        state, layernorm_convention="offset_one", force_layernorm_convention=True
+    )
+    assert torch.equal(forced["norm.weight"], state["norm.gamma"] + 1)
+
+
+def test_where_the_detection_cannot_tell_the_stated_convention_decides() -> None:
+    state = reference_state_dict("gamma")
+    for key in state:
+        if key.endswith("norm.gamma"):
+            state[key] = torch.full((DIM,), 0.5)
+    for convention, weight in (("gamma", 0.5), ("offset_one", 1.5)):
+        _, converted = import_reference(state, layernorm_convention=convention)
+        assert torch.equal(converted["norm.weight"], torch.full((DIM,), weight))
 
 
 @pytest.mark.parametrize(
