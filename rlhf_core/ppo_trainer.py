@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rlhf_core.checkpoint import load_torch_file
 from rlhf_core.corpus import atomic_output
 from rlhf_core.diagnostics import policy_warnings, warn
 from rlhf_core.helpers import masked_mean
@@ -279,7 +280,7 @@ def save_run_state(
 def load_run_state(
     path: Path, policy: PPOPolicy, optimizer: torch.optim.Optimizer, state: PPOState
 ) -> None:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_torch_file(path, weights_only=False)
     policy.load_state_dict(saved["policy"])
     optimizer.load_state_dict(saved["optimizer"])
     state.load_state_dict(saved["state"])

@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from rlhf_core import ppo_trainer
 from rlhf_core import rollout as rollout_module
-from rlhf_core.checkpoint import load_checkpoint, save_checkpoint
+from rlhf_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlhf_core.generation import generate, left_pad
 from rlhf_core.palm import PaLM, PaLMConfig
 from rlhf_core.ppo import (
@@ -49,6 +50,7 @@ from rlhf_core.rollout import (
 from rlhf_core.simulation import LetterShare
 from rlhf_core.tokenizer import Tokenizer
 from rlhf_core.training import Metrics, NoCallback
+from tests.rlhf_core.test_checkpoint import flip_a_byte_inside_a_record
 from tests.rlhf_core.training_data import plumbing_reward_model
 
 TOKENIZER = Tokenizer.byte_fallback()
@@ -558,6 +560,24 @@ def test_a_run_stopped_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one(
     assert {k: result.metrics[k] for k in untimed} == {k: whole_result.metrics[k] for k in untimed}
     logged = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
     assert logged == [1, 2, 3, 4]
+
+
+def test_a_corrupt_state_file_is_refused_rather_than_resumed(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.pt"
+    one_step = dataclasses.replace(CONFIG, steps=1)
+    train_ppo(
+        tiny_policy(), constant_scorer(0.5), TOKENIZER, PROMPTS, one_step, state_file=state_file
+    )
+    record = flip_a_byte_inside_a_record(state_file)
+    with pytest.raises(CheckpointError, match=re.escape(f"record '{record}' does not match")):
+        train_ppo(
+            tiny_policy(),
+            constant_scorer(0.5),
+            TOKENIZER,
+            PROMPTS,
+            dataclasses.replace(CONFIG, steps=2),
+            state_file=state_file,
+        )
 
 
 def run_ppo_command(*argv: str) -> None:
