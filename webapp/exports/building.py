@@ -214,6 +214,7 @@ def _rows(
         return
     facts = progress.counted(source.label_facts(project, filters, kinds))
     items = builders.with_text(builders.agreeing(builders.by_item(facts), policy), policy)
+    items = builders.with_distinct_texts(items, policy)
     yield from builders.BUILDERS[dataset.name](items, policy)
 
 

@@ -124,6 +124,21 @@ def is_blank(text: str) -> bool:
     return not text.strip()
 
 
+def text_key(text: str) -> str:
+    """What two responses are compared by: the text less its surrounding white space, as
+    `is_blank` reads it. Coarser than the exact equality that `rlhf_core.records` refuses in
+    a pair (chosen == rejected) or a ranking (one text twice), so texts with different keys
+    can never be exported as one; and white space at either end is nothing an annotator can
+    see or judge, so a preference between two texts that differ only there states nothing."""
+    return text.strip()
+
+
+def repeats_text(texts: Iterable[str]) -> bool:
+    """Whether two of the texts are the same answer (`text_key`)."""
+    keys = [text_key(text) for text in texts]
+    return len(set(keys)) < len(keys)
+
+
 def with_text(items: Iterable[list[LabelFact]], policy: Policy) -> Iterator[list[LabelFact]]:
     """Each item's labels, less those on an item that shows a blank response: people may
     judge an empty answer (it should lose), but no data set row can hold one (every trainer
@@ -137,6 +152,30 @@ def with_text(items: Iterable[list[LabelFact]], policy: Policy) -> Iterator[list
         policy.counts["labels_on_blank_responses_excluded"] += len(facts) - len(kept)
         if kept:
             yield kept
+
+
+def with_distinct_texts(
+    items: Iterable[list[LabelFact]], policy: Policy
+) -> Iterator[list[LabelFact]]:
+    """Each item's labels, less the strict preferences and rankings on an item that shows the
+    same answer twice (`repeats_text`; blind pairs made before the generate stage compared
+    texts): such a label would be a row with chosen == rejected, or a ranking that lists one
+    text twice, which every trainer refuses. Ties, "both bad", ratings and rewrites are kept:
+    they order nothing. The labels left out are counted in the manifest."""
+    for facts in items:
+        if not repeats_text(text for _, text in facts[0]["responses"]):
+            yield facts
+            continue
+        kept = [fact for fact in facts if not _orders_responses(fact)]
+        policy.counts["labels_on_identical_responses_excluded"] += len(facts) - len(kept)
+        if kept:
+            yield kept
+
+
+def _orders_responses(fact: LabelFact) -> bool:
+    if fact["kind"] == QuestionKind.RANKING:
+        return True
+    return fact["kind"] == QuestionKind.PREFERENCE and fact["value"].get("outcome") == "win"
 
 
 def _agrees(facts: list[LabelFact], minimum: float) -> bool:

@@ -93,6 +93,38 @@ def test_labels_on_a_blank_response_are_counted_and_left_out_but_a_rewrite_kept(
     assert [row["chosen"] for _, row in rows.pair_rows(items, policy)] == ["response 1"]
 
 
+def test_strict_answers_on_an_item_showing_one_text_twice_are_counted_and_left_out() -> None:
+    """A strict preference between a text and itself would be a row with chosen == rejected,
+    a ranking would list one text twice: every trainer refuses both. White space around a
+    text is nothing people can tell apart, so it does not make two texts different. Ties,
+    "both bad" and rewrites order nothing and are kept."""
+
+    def repeated(label: LabelFact) -> LabelFact:
+        (first, text), (second, _), *rest = label["responses"]
+        return {**label, "responses": [(first, text), (second, f" {text}\n"), *rest]}
+
+    strict = repeated(fact("preference", WIN_RIGHT, annotator=1))
+    kept = [
+        repeated(fact("preference", TIE, annotator=2)),
+        repeated(fact("preference", BOTH_BAD, annotator=3)),
+        repeated(fact("rewrite", {"text": "an answer"}, annotator=4, question="w")),
+    ]
+    ranked = repeated(fact("ranking", {"order": [102, 100, 101]}, item=3, responses=3))
+    fine = [fact("preference", WIN_RIGHT, item=2), fact("ranking", {"order": [101, 100]}, item=2)]
+    policy = Policy(salt="s")
+    given = [strict, *kept, ranked, *fine]
+    items = list(rows.with_distinct_texts(rows.by_item(given), policy))
+    assert [[label["kind"] for label in labels] for labels in items] == [
+        ["preference", "preference", "rewrite"],
+        ["preference", "ranking"],
+    ]
+    assert policy.counts == {"labels_on_identical_responses_excluded": 2}
+    assert [row["chosen"] for _, row in rows.pair_rows(items, policy)] == ["response 1"]
+    assert [row["responses"] for _, row in rows.ranking_rows(items, policy)] == [
+        ["response 1", "response 0"]
+    ]
+
+
 def test_the_hh_form_is_a_two_turn_transcript() -> None:
     (row,) = [r for _, r in rows.hh_rows([[fact("preference", WIN_RIGHT)]], Policy(salt="s"))]
     assert row == {

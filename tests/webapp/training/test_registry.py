@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from tests.webapp.annotation.conftest import AddItems, MakeProject, add_items, make_project  # noqa: F401 (fixtures)
+from tests.webapp.annotation.scripted import response_ids
 from tests.webapp.exports.conftest import AddLabel, add_label, export_dir, win  # noqa: F401 (fixtures)
 from webapp.accounts.models import User
 from webapp.annotation.models import Item, ModelVersion, Project, Response
 from webapp.annotation.questions import TaskType
+from webapp.exports.building import snapshot_dir
 from webapp.exports.models import ExportSnapshot
 from webapp.training import registry, rounds
 from webapp.training.models import RoundKind, RoundState, TrainingRound
@@ -170,6 +172,49 @@ def test_a_vote_on_a_blank_sample_counts_in_the_snapshot_but_gives_no_row(
     [train] = registry.label_inputs(snapshot)["labels"]["train"]
     for line in Path(train).read_text().splitlines():
         assert '"chosen": ""' not in line and '"rejected": ""' not in line
+
+
+def read_every_label_file(snapshot: ExportSnapshot) -> int:
+    """The records in every label file of the snapshot, as the round's stages read them."""
+    from rlhf_core.records import read_records
+
+    directory = snapshot_dir(snapshot)
+    return sum(len(read_records(directory / e["name"])) for e in registry.label_files(snapshot))
+
+
+def test_a_strict_vote_on_an_identical_pair_is_left_out_of_the_next_rounds_labels(
+    project: Project,
+) -> None:
+    """Pairs queued before texts were compared showed one text as A and B, and people answered
+    them: such a row would be chosen == rejected, which rlhf_core.records refuses, so the next
+    round failed at its evaluate stage, and again on every resume (it re-reads the snapshot)."""
+    item = Item.objects.filter(project=project).first()
+    assert item is not None
+    first, second = item.responses.all()
+    Response.objects.filter(pk=second.pk).update(text=first.text)
+    snapshot = registry.snapshot_labels(running_round(project))
+    assert registry.label_inputs(snapshot)["rows"] == {"pairs": 5}
+    assert snapshot.manifest["counts"]["pairs"]["labels_on_identical_responses_excluded"] == 1
+    assert read_every_label_file(snapshot) == 5
+
+
+def test_a_ranking_that_lists_one_text_twice_is_left_out_of_the_next_rounds_labels(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    add_label: AddLabel,  # noqa: F811
+    annotator: User,
+    base: ModelVersion,
+) -> None:
+    ranked = make_project(TaskType.RANKING, slug="ranked", serving_version=base, ranking_size=3)
+    repeated, fine = add_items(ranked, prompts=2, responses=3)
+    for item in (repeated, fine):
+        add_label(item, annotator, "ranking", {"order": response_ids(item)})
+    first, second, _ = repeated.responses.all()
+    Response.objects.filter(pk=second.pk).update(text=first.text)
+    snapshot = registry.snapshot_labels(running_round(ranked, kind=RoundKind.REWARD))
+    assert registry.label_inputs(snapshot)["rows"] == {"rankings": 1}
+    assert snapshot.manifest["counts"]["rankings"]["labels_on_identical_responses_excluded"] == 1
+    assert read_every_label_file(snapshot) == 1
 
 
 def test_label_inputs_name_the_likert_attributes_in_the_order_of_the_questions(
