@@ -176,13 +176,24 @@ def stage_generate(run: RoundRun) -> dict[str, Any]:
     if added is None:
         run.beat(force=True)  # lost: raises; else another attempt added them already
     blank = registry.blank_samples(samples)
+    identical = registry.identical_samples(samples)
     rounds.log(
         run.round_id,
         f"generate: {len(samples)} samples of {version.name} queued"
         + (f"; {blank} of them blank (an empty answer, judged like any other)" if blank else "")
+        + (
+            f"; {identical} the same text as the parent's beside them (never a pair with it)"
+            if identical
+            else ""
+        )
         + ".",
     )
-    return {"samples_added": len(samples), "blank_samples": blank, "version": version.name}
+    return {
+        "samples_added": len(samples),
+        "blank_samples": blank,
+        "identical_samples": identical,
+        "version": version.name,
+    }
 
 
 def _parent_checkpoint(version: ModelVersion) -> Path | None:

@@ -63,12 +63,16 @@ def test_a_generate_round_queues_blind_pairs_once_however_often_it_is_delivered(
     config = training_round.config["generate"]
     expected = config["prompts"] * config["samples_per_prompt"]
     assert training_round.samples_added == 2 * expected  # the child's and its parent's
+    # The child is its parent's checkpoint sampled with the same seed: each of its samples is
+    # the parent's beside it, so every pair takes the parent's other sample of the prompt.
+    assert training_round.summary["generate"]["identical_samples"] == expected
     items = queued_items(child)
     assert len(items) == expected
     for item in items:  # every item: child against parent on one prompt, blind
         versions = {r.model_version_id for r in item.responses.all()}
         assert versions == {child.pk, base_version.pk}
         assert {r.prompt_id for r in item.responses.all()} == {item.prompt_id}
+        assert len({r.text.strip() for r in item.responses.all()}) == 2
     sampled = Response.objects.filter(model_version=child).first()
     assert sampled is not None and sampled.sampling["round"] == training_round.pk
     assert "temperature" in sampled.sampling

@@ -30,7 +30,7 @@ from webapp.annotation.questions import TaskType
 from webapp.exports.building import MANIFEST, run_snapshot, snapshot_dir
 from webapp.exports.formats import DATASETS
 from webapp.exports.models import ExportSnapshot, SnapshotStatus
-from webapp.exports.rows import is_blank, split_of
+from webapp.exports.rows import is_blank, split_of, text_key
 from webapp.exports.services import create_snapshot
 from webapp.training.models import RoundState, TrainingRound
 
@@ -249,7 +249,8 @@ def add_samples(
 
     samples: {"prompt_id", "which": "new" | "parent", "text"} in sampling order. With parent
     samples, a pairwise project gets blind pairs of new against parent on the same prompt
-    (the i-th sample of each); otherwise items are made as the project's task type says.
+    (the i-th sample of each); otherwise items are made as the project's task type says. No
+    item shows the same text twice (`_item_plan`).
     """
     taken = TrainingRound.objects.filter(
         pk=round_id, state=RoundState.RUNNING, worker=worker, samples_added__isnull=True
@@ -281,12 +282,32 @@ def blank_samples(samples: Sequence[Mapping[str, Any]]) -> int:
     return sum(is_blank(str(row["text"])) for row in samples)
 
 
+def identical_samples(samples: Sequence[Mapping[str, Any]]) -> int:
+    """How many new samples are the same answer (`exports.rows.text_key`) as the parent's
+    sample drawn beside them (the i-th of the same prompt, with the same seed). None of them
+    is shown as a pair with it (`_item_plan`): a vote between a text and itself judges
+    nothing, and its strict answer could never be a training row."""
+    drawn: dict[tuple[int, str], list[str]] = {}
+    for row in samples:
+        drawn.setdefault((row["prompt_id"], row["which"]), []).append(text_key(str(row["text"])))
+    return sum(
+        new == parent
+        for (prompt_id, which), texts in drawn.items()
+        if which == "new"
+        for new, parent in zip(texts, drawn.get((prompt_id, "parent"), []), strict=False)
+    )
+
+
 def _item_plan(
     project: Project,
     prompts: Mapping[int, Prompt],
     responses: Sequence[Response],
     samples: Sequence[Mapping[str, Any]],
 ) -> list[ItemPlan]:
+    """The items of each prompt's samples; none shows the same answer twice. A pairwise
+    project pairs each new sample with its parent's (the i-th), or, where the two are the
+    same text, with another parent sample of the prompt that no pair took; a new sample left
+    without one is queued as a version without a parent is, against the other new samples."""
     by_prompt: dict[int, dict[str, list[Response]]] = {}
     for response, row in zip(responses, samples, strict=True):
         by_prompt.setdefault(row["prompt_id"], {}).setdefault(row["which"], []).append(response)
@@ -294,11 +315,52 @@ def _item_plan(
     for prompt_id, sides in by_prompt.items():
         new, old = sides.get("new", []), sides.get("parent", [])
         if project.task_type == TaskType.PAIRWISE and old:
-            groups: list[list[Response]] = [list(pair) for pair in zip(new, old, strict=False)]
+            groups, unpaired = _blind_pairs(new, old)
+            groups += _distinct_groups(project, unpaired)
         else:
-            groups = item_groups(project, [*new, *old])
+            groups = _distinct_groups(project, [*new, *old])
         plan += [(prompts[prompt_id], group, False) for group in groups]
     return plan
+
+
+def _blind_pairs(
+    new: Sequence[Response], old: Sequence[Response]
+) -> tuple[list[list[Response]], list[Response]]:
+    """Pairs of new against parent with different texts, and the new samples left unpaired:
+    first the i-th of each; then each new sample that had the same text as its parent's takes
+    the first parent sample no pair took whose text differs."""
+    pairs: list[list[Response]] = []
+    unpaired: list[Response] = []
+    free = list(old[len(new) :])
+    for index, response in enumerate(new):
+        parent = old[index] if index < len(old) else None
+        if parent is not None and text_key(parent.text) != text_key(response.text):
+            pairs.append([response, parent])
+            continue
+        unpaired.append(response)
+        if parent is not None:
+            free.append(parent)
+    left: list[Response] = []
+    for response in unpaired:
+        other = next((p for p in free if text_key(p.text) != text_key(response.text)), None)
+        if other is None:
+            left.append(response)
+        else:
+            free.remove(other)
+            pairs.append([response, other])
+    return pairs, left
+
+
+def _distinct_groups(project: Project, responses: Sequence[Response]) -> list[list[Response]]:
+    """`item_groups` of the responses, where an item that shows several (pairs, rankings)
+    holds each answer once: a later response with the same text as an earlier one is not
+    queued. One response per item (ratings, rewrites) needs no such care."""
+    if project.task_type not in (TaskType.PAIRWISE, TaskType.RANKING):
+        return item_groups(project, responses)
+    first: dict[str, Response] = {}
+    for response in responses:
+        first.setdefault(text_key(response.text), response)
+    return item_groups(project, list(first.values()))
 
 
 def wants_parent_samples(project: Project) -> bool:

@@ -130,6 +130,64 @@ def test_a_blank_sample_is_queued_for_people_to_judge_and_counted(
     assert {r.model_version for r in pair.responses.all()} == {new, base}
 
 
+def shown_texts(items: list[Item]) -> list[list[str]]:
+    return [[r.text.strip() for r in item.responses.all()] for item in items]
+
+
+def test_a_sample_identical_to_its_parents_is_never_shown_as_a_pair_with_it(
+    project: Project, base: ModelVersion
+) -> None:
+    """Sampled with its parent's seed, a version that barely moved writes the parent's text
+    word for word: a strict vote between a text and itself would be exported as chosen ==
+    rejected, and the next round would fail on that row. Such a sample is paired with
+    another of the parent's samples of the prompt, and with none where all are the same."""
+    training_round = running_round(project)
+    new = ModelVersion.objects.create(name="new", parent=base, checkpoint_dir="x")
+    drawn = {  # per prompt: the new version's two samples, then the parent's
+        0: (["A", "B"], ["A", "B"]),  # each the same as the parent's beside it: swapped
+        1: (["C", "D"], ["C\n", "E"]),  # the same but for white space at the end
+        2: (["F", "G"], ["F", "F"]),  # no other parent text for F
+    }
+    prompts = list(project.prompts.all()[:3])
+    rows = [
+        {"prompt_id": prompts[number].pk, "which": which, "text": text}
+        for number, sides in drawn.items()
+        for which, texts in zip(("new", "parent"), sides, strict=True)
+        for text in texts
+    ]
+    before = Item.objects.count()
+    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) == 12
+    items = list(Item.objects.all()[before:])
+    assert sorted(sorted(texts) for texts in shown_texts(items)) == [
+        ["A", "B"],
+        ["A", "B"],
+        ["D", "E"],
+        ["F", "G"],
+    ]
+    assert {r.model_version for item in items for r in item.responses.all()} == {new, base}
+    assert registry.identical_samples(rows) == 4  # logged by the generate stage
+
+
+def test_a_ranking_item_never_lists_the_same_text_twice(
+    make_project: MakeProject,  # noqa: F811
+    add_items: AddItems,  # noqa: F811
+    base: ModelVersion,
+) -> None:
+    ranked = make_project(TaskType.RANKING, slug="ranked", serving_version=base)
+    add_items(ranked, prompts=1, responses=4)
+    training_round = running_round(ranked)
+    new = ModelVersion.objects.create(name="new", parent=base, checkpoint_dir="x")
+    prompt = ranked.prompts.get()
+    rows = [
+        {"prompt_id": prompt.pk, "which": which, "text": text}
+        for which, text in [("new", "A"), ("new", "B"), ("parent", " A"), ("parent", "C")]
+    ]
+    before = Item.objects.count()
+    assert registry.add_samples(training_round.pk, "w", new, base, rows, {}) == 4
+    [item] = Item.objects.all()[before:]
+    assert sorted(shown_texts([item])[0]) == ["A", "B", "C"]
+
+
 def test_samples_without_a_parent_are_paired_with_each_other(project: Project) -> None:
     training_round = running_round(project, kind=RoundKind.GENERATE)
     version = project.serving_version
