@@ -27,6 +27,7 @@ and the matched samples).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -186,9 +187,10 @@ def run_budget(
     checkpoint = load_checkpoint(base)
     cached = None
     if args.cache is not None:
-        cached = (
-            args.cache / f"{base.parent.parent.name}-{seed}-{preference_name(preference)}-{budget}"
-        )
+        name = f"{base.parent.parent.name}-{seed}-{preference_name(preference)}-{budget}"
+        if args.set:  # an ablation's reward model is its own
+            name += "-" + hashlib.sha256("\n".join(sorted(args.set)).encode()).hexdigest()[:12]
+        cached = args.cache / name
     clock = time.perf_counter()
     if cached is not None and cached.is_dir():
         model, _ = load_reward_model(cached)
