@@ -84,8 +84,9 @@ class PPOConfig:
     # reward model never saw an unfinished text. Here the penalty is *subtracted* from its
     # score (in the scorer's units after normalisation: 1 = one standard deviation of the
     # initial policy's scores) rather than replacing it, so a policy that rarely ends still
-    # learns from the scores while it learns to end. A response that ends before writing any
-    # text counts as unfinished too (`rollout.Sampled.finished`). None or 0: no penalty.
+    # learns from the scores while it learns to end. A blank response (no text before EOS)
+    # scores the rollout's lowest score minus the penalty (`rollout.penalise_blank`): the
+    # reward model never saw one and may score it above everything. None or 0: no penalty.
     no_eos_penalty: float | None = 1.0
     # Huang et al. 2024 ("reward normalisation based on SFT samples"): before the first update
     # the scorer's scores of this many samples of the initial policy fix a mean and a standard

@@ -43,7 +43,10 @@ _CONFIG_OPTIONS: dict[str, tuple[type[int] | type[float], str]] = {
     "lr": (float, "learning rate"),
     "init_kl_coef": (float, "initial coefficient of the KL penalty"),
     "kl_target": (float, "KL per response, in nats, that the adaptive coefficient aims at"),
-    "no_eos_penalty": (float, "subtracted from the score of an unended or blank response; 0: none"),
+    "no_eos_penalty": (
+        float,
+        "subtracted from an unended response's score; a blank one scores lowest; 0: none",
+    ),
     "normalization_samples": (int, "initial-policy samples that fix the score scale; 0: none"),
     "vf_coef": (float, "weight of the value loss"),
     "entropy_coef": (float, "weight of the entropy bonus"),

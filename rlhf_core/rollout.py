@@ -223,12 +223,24 @@ class ScoreScale:
         return (scores - self.mean) / self.std
 
 
-def penalise_missing_eos(scores: Tensor, finished: Tensor, penalty: float | None) -> Tensor:
-    """Scores (b) minus `penalty` for each response that is not `finished` (`Sampled.finished`:
-    it never ended, or it ended before writing anything)."""
+def penalise_missing_eos(scores: Tensor, ended: Tensor, penalty: float | None) -> Tensor:
+    """Scores (b) minus `penalty` for each response that never ended."""
     if not penalty:
         return scores
-    return scores - penalty * (~finished.to(scores.device)).to(scores.dtype)
+    return scores - penalty * (~ended.to(scores.device)).to(scores.dtype)
+
+
+def penalise_blank(scores: Tensor, blank: Tensor, penalty: float | None) -> Tensor:
+    """Scores (b) where each blank response gets the batch's lowest score minus `penalty`: no
+    answer is worse than every answer sampled beside it, whatever the scorer makes of it (a
+    reward model never saw one: people's labels on blank responses leave every data set, and
+    it may score one above everything, so that subtracting a penalty is not enough)."""
+    if not penalty:
+        return scores
+    blank = blank.to(scores.device)
+    if not bool(blank.any()):
+        return scores
+    return torch.where(blank, scores.min() - penalty, scores)
 
 
 def prompt_token_ids(
@@ -256,14 +268,6 @@ class Sampled:
         """Whether each response (b) has no text: the model ended before writing anything,
         or wrote only white space."""
         return torch.tensor([not text.strip() for text in self.texts], device=self.ended.device)
-
-    @property
-    def finished(self) -> Tensor:
-        """Whether each response (b) is a finished answer: it ended with EOS and wrote some
-        text. A blank answer is as unfinished as one that never ends: the reward model never
-        learned to score one (people's labels on blank responses leave every data set), and
-        a policy that finds it scores above its other answers learns to stop answering."""
-        return self.ended & ~self.blank
 
 
 def sample_for(
@@ -294,14 +298,16 @@ def collect_rollout(
 ) -> tuple[Rollout, Sampled, Timings]:
     """Sample one response per prompt and turn them into a `Rollout`; returns the samples and
     the time spent generating and scoring (the recomputation counts as scoring). Scores are
-    `scale`d, then penalised for a response that is not `Sampled.finished`."""
+    `scale`d, then penalised: a response without EOS loses `no_eos_penalty`, and a blank one
+    scores the batch's lowest score minus `no_eos_penalty` (`penalise_blank`)."""
     start = time.perf_counter()
     device = policy.policy.token_emb.weight.device
     sampled = sample_for(policy, tokenizer, prompts, config, generator)
     generated = time.perf_counter()
     with ppo_autocast(policy, config):
         scores = scale.apply(scorer(list(prompts), sampled.texts).float())
-    scores = penalise_missing_eos(scores, sampled.finished, config.no_eos_penalty)
+    scores = penalise_missing_eos(scores, sampled.ended, config.no_eos_penalty)
+    scores = penalise_blank(scores, sampled.blank, config.no_eos_penalty)
     prompt_tokens, prompt_mask = left_pad(sampled.prompt_ids, tokenizer.pad_id)
     prompt = (prompt_tokens.to(device), prompt_mask.to(device))
     response = (sampled.tokens, response_mask(sampled.lengths, sampled.tokens.shape[1]))

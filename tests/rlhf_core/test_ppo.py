@@ -43,6 +43,7 @@ from rlhf_core.rollout import (
     build_rollout,
     collect_rollout,
     ends_with_eos,
+    penalise_blank,
     penalise_missing_eos,
     recompute,
     response_mask,
@@ -230,7 +231,7 @@ def test_a_response_without_eos_has_the_penalty_subtracted_from_its_score() -> N
     assert unended.tolist() == [-0.75, -0.25]
 
 
-def test_a_blank_response_is_penalised_like_one_that_never_ends(
+def test_a_blank_response_scores_below_every_answer_beside_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """EOS at once, only white space then EOS, an answer then EOS, an answer without EOS."""
@@ -240,12 +241,20 @@ def test_a_blank_response_is_penalised_like_one_that_never_ends(
     lengths = torch.tensor([len(row) for row in rows])
     monkeypatch.setattr(rollout_module, "sample_responses", lambda *_: (tokens, lengths))
     config = dataclasses.replace(CONFIG, normalization_samples=0)
+
+    def blank_pleases(prompts: list[str], responses: list[str]) -> Tensor:
+        """A scorer that never saw a blank answer and likes it best."""
+        return torch.tensor([5.0 if not text.strip() else 0.5 for text in responses])
+
     rollout, sampled, _ = collect_rollout(
-        tiny_policy(), constant_scorer(0.5), TOKENIZER, PROMPTS, kl_coef=0.1, config=config
+        tiny_policy(), blank_pleases, TOKENIZER, PROMPTS, kl_coef=0.1, config=config
     )
     assert sampled.ended.tolist() == [True, True, True, False]
     assert sampled.blank.tolist() == [True, True, False, False]
-    assert rollout.scores.tolist() == [-0.5, -0.5, 0.5, -0.5]
+    # The lowest score of the batch (the unended answer's, 0.5 - 1) minus the penalty.
+    assert rollout.scores.tolist() == [-1.5, -1.5, 0.5, -0.5]
+    unpenalised = penalise_blank(torch.tensor([5.0, 0.5]), torch.tensor([True, False]), None)
+    assert unpenalised.tolist() == [5.0, 0.5]
     assert ppo_trainer.rollout_metrics(rollout, sampled)["blank_rate"] == 0.5
 
 
