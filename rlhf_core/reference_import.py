@@ -197,7 +197,8 @@ def import_reference(
     config = reference_config(
         state_dict, qk_norm_scale=qk_norm_scale, xpos_scale_base=xpos_scale_base
     )
-    converted = convert_reference_state_dict(state_dict, layernorm_convention=layernorm_convention)
     if not force_layernorm_convention:
         check_layernorm_convention(state_dict, layernorm_convention)
-    return config, converted
+    return config, convert_reference_state_dict(
+        state_dict, layernorm_convention=layernorm_convention
+    )
