@@ -32,8 +32,13 @@ XPOS_GAMMA = 0.4
 
 
 @torch.library.custom_op("rlhf_core::rotary_tables", mutates_args=())
-def rotary_tables(positions: Tensor, dim_head: int, xpos_scale_base: int | None) -> Tensor:
+def rotary_tables(
+    positions: Tensor, dim_head: int, xpos_scale_base: int | None, xpos_centre: int
+) -> Tensor:
     """(4 b 1 n d) float32: query cos, query sin, key cos, key sin for `positions` (b n).
+
+    xPos scales a query at position p by zeta^((p - xpos_centre) / xpos_scale_base) and a key by
+    the inverse; see `Rotary.at` for the centre.
 
     A custom op, so that it is opaque to torch.compile: inductor would otherwise inline these
     cos/sin/pow computations into every layer's rotation kernel and redo them for every batch
@@ -48,16 +53,16 @@ def rotary_tables(positions: Tensor, dim_head: int, xpos_scale_base: int | None)
     if xpos_scale_base is None:
         return torch.stack((cos, sin, cos, sin))
     zeta = (exponents / dim_head + XPOS_GAMMA) / (1 + XPOS_GAMMA)
-    # The paper centres the exponent on the sequence middle; any offset cancels in q.k (q gets
-    # zeta^p, k gets zeta^-p'), and a fixed origin at position 0 keeps cached keys valid.
-    power = positions.float()[..., None] / xpos_scale_base
+    power = (positions.float()[..., None] - xpos_centre) / xpos_scale_base
     scale = repeat(zeta**power, "b n f -> b 1 n (two f)", two=2)
     # Keys take the inverse scale so that q.k decays with the distance between them.
     return torch.stack((cos * scale, sin * scale, cos / scale, sin / scale))
 
 
 @rotary_tables.register_fake
-def _rotary_tables_shape(positions: Tensor, dim_head: int, xpos_scale_base: int | None) -> Tensor:
+def _rotary_tables_shape(
+    positions: Tensor, dim_head: int, xpos_scale_base: int | None, xpos_centre: int
+) -> Tensor:
     batch, n = positions.shape
     return positions.new_empty((4, batch, 1, n, dim_head), dtype=torch.float32)
 
@@ -79,14 +84,29 @@ class Rotary:
     key_sin: Tensor
 
     @classmethod
-    def at(cls, positions: Tensor, dim_head: int, xpos_scale_base: int | None) -> Rotary:
+    def at(
+        cls,
+        positions: Tensor,
+        dim_head: int,
+        xpos_scale_base: int | None,
+        xpos_centre: int = 0,
+    ) -> Rotary:
         """Angles for `positions` (b n); `xpos_scale_base=None` turns xPos off.
+
+        `xpos_centre` is the position whose scale is 1. Any centre cancels in q.k (the query
+        gets zeta^(p - c), the key zeta^-(p' - c)), but not in the half-precision q and k
+        themselves: from position 0, the slowest-decaying frequency's key scale passes float16's
+        range near position 4.5k. The reference centres on the middle of the sequence, so the
+        exponent never exceeds half the length over the scale base; callers pass that middle,
+        and with a KV cache the middle of the cache, fixed for all of its steps so that cached
+        keys stay valid.
 
         Computed in float32 from the positions every call, never from a buffer: a model cast to
         bf16 would otherwise round its angles, and float32 angles are what make a cached key equal
         to a recomputed one.
         """
-        return cls(*rotary_tables(positions, dim_head, xpos_scale_base).unbind(0))
+        tables = rotary_tables(positions, dim_head, xpos_scale_base, xpos_centre)
+        return cls(*tables.unbind(0))
 
     def rotate_queries(self, q: Tensor) -> Tensor:
         return self._rotate(q, self.query_cos, self.query_sin)

@@ -228,7 +228,10 @@ class PaLM(nn.Module):
             if self.relative_bias is not None:
                 bias = self.relative_bias(positions, key_positions)
             scores_mask = additive_mask(visible, bias, self.token_emb.weight.dtype)
-        return AttentionInputs(self._rotary(positions), scores_mask, cache, slots)
+        # xPos centre: the reference's (the middle of the sequence), or the middle of the cache,
+        # the same for every step of one generation.
+        centre = (tokens.shape[-1] if cache is None else cache.max_len) // 2
+        return AttentionInputs(self._rotary(positions, centre), scores_mask, cache, slots)
 
     def _uncached_layout(
         self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None
@@ -246,11 +249,12 @@ class PaLM(nn.Module):
         slots = torch.arange(n, device=tokens.device)
         return positions, visibility_mask(slots, slots, mask)
 
-    def _rotary(self, positions: Tensor) -> Rotary | None:
+    def _rotary(self, positions: Tensor, xpos_centre: int) -> Rotary | None:
         c = self.config
         if c.position_encoding != "rotary":
             return None
-        return Rotary.at(positions, c.dim_head, c.xpos_scale_base if c.use_xpos else None)
+        scale_base = c.xpos_scale_base if c.use_xpos else None
+        return Rotary.at(positions, c.dim_head, scale_base, xpos_centre)
 
 
 # Presets: plain functions, so a run stores the resulting config, not a name.

@@ -10,6 +10,7 @@ from rlhf_core.attention import (
     positions_from_mask,
     visibility_mask,
 )
+from rlhf_core.palm import PaLMConfig
 from tests.rlhf_core.model_variants import VARIANTS, make_model
 
 
@@ -36,6 +37,47 @@ def test_xpos_shrinks_the_score_of_a_distant_key() -> None:
     key = Rotary.at(torch.tensor([[0]]), 16, 8)
     decayed = (query.rotate_queries(q) * key.rotate_keys(q)).norm()
     assert decayed < (plain.rotate_queries(q) * plain.rotate_keys(q)).norm()
+
+
+def test_the_xpos_centre_cancels_in_the_attention_scores() -> None:
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 3, 16).unbind(0)
+    positions = torch.tensor([[0, 900, 4000]])
+
+    def scores(centre: int) -> torch.Tensor:
+        rotary = Rotary.at(positions, 16, 512, centre)
+        return torch.einsum("bhid,bhjd->bhij", rotary.rotate_queries(q), rotary.rotate_keys(k))
+
+    torch.testing.assert_close(scores(0), scores(2000), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_xpos_stays_finite_over_the_public_checkpoints_8k_context(dtype: torch.dtype) -> None:
+    # The public PaLM checkpoints' xPos (scale base 512) at their training length. From position
+    # 0 instead of the sequence middle, keys overflow float16 from about position 4.5k.
+    config = PaLMConfig(
+        num_tokens=64, dim=64, depth=1, heads=2, dim_head=64, use_xpos=True, xpos_scale_base=512
+    )
+    model = make_model(config).to(dtype)
+    tokens = torch.randint(0, 64, (1, 8192), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(tokens)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_cached_xpos_keys_stay_finite_to_the_end_of_an_8k_cache(dtype: torch.dtype) -> None:
+    config = PaLMConfig(
+        num_tokens=64, dim=64, depth=1, heads=2, dim_head=64, use_xpos=True, xpos_scale_base=512
+    )
+    model = make_model(config).to(dtype)
+    cache = model.new_cache(batch=1, max_len=8192)
+    prompt = torch.randint(0, 64, (1, 8191), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(prompt, cache=cache)
+        logits = model(prompt[:, -1:], cache=cache)
+    assert torch.isfinite(logits).all()
+    assert all(torch.isfinite(keys).all() for keys in cache.keys)
 
 
 def test_relative_buckets_are_exact_near_and_logarithmic_far() -> None:
