@@ -466,6 +466,28 @@ STAGES: dict[str, Callable[[Mapping[str, Any], Path, Channel], dict[str, Any]]] 
 RESUMABLE = frozenset({"ppo", "pretrain"})  # their work directory survives an interruption
 
 
+def join_process_group() -> int:
+    """How many processes train this stage together: the launch's count, checked.
+
+    Under `accelerate launch --multi_gpu` on a machine without GPUs, accelerate forms a group
+    over gloo only when told to use the CPU; without that, each of the N processes would train
+    alone on its own share, and the round would report N processes for N separate trainings.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched == 1:
+        return 1
+    import torch
+    from accelerate import PartialState
+
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # for the trainers' Accelerator too
+    joined = PartialState(cpu=on_cpu).num_processes
+    if joined != launched:
+        raise StageError(f"launched on {launched} processes, but they joined a group of {joined}")
+    return int(joined)
+
+
 def run(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     stage, output = spec["stage"], Path(spec["output"])
@@ -477,11 +499,15 @@ def run(spec_path: Path) -> int:
             if stage not in RESUMABLE and work.exists():
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
-        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        processes = join_process_group()
         channel.log(f"running on {processes} process{'es' if processes > 1 else ''}.")
         summary = STAGES[stage](spec, work, channel)
         if is_main_process():
-            result = json.dumps({"summary": finite(summary)}, default=float, allow_nan=False)
+            result = json.dumps(
+                {"summary": finite(summary), "processes": processes},
+                default=float,
+                allow_nan=False,
+            )
             (work / RESULT).write_text(result)
             os.replace(work, output)
     except Stopped:

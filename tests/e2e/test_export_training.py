@@ -234,4 +234,5 @@ def test_rlhf_core_trains_its_reward_model_from_the_exported_pairs(
     )
     result = train_reward_model(model, Tokenizer.byte_fallback(), records, config)
     assert result.steps >= 1 and changed(model, before)
-    assert "pairwise_accuracy" in result.eval_metrics or result.eval_metrics == {}
+    assert result.held_out_preferences > 0  # the snapshot's prompts give a held-out split
+    assert 0 <= result.eval_metrics["pairwise_accuracy"] <= 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,10 +20,18 @@ def test_the_host_description_names_host_process_and_python() -> None:
     assert set(describe_host()) == {"host", "pid", "python"}
 
 
-def test_the_accelerator_description_lists_torch_devices() -> None:
-    details = describe_accelerators()
-    assert "torch" in details
-    assert details.get("devices") or details["torch"] == "not installed"
+def test_the_accelerator_description_lists_torch_and_its_devices() -> None:
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert describe_accelerators() == {"torch": torch.__version__, "devices": gpus or ["cpu"]}
+
+
+def test_the_accelerator_description_says_when_torch_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert describe_accelerators() == {"torch": "not installed"}
 
 
 @pytest.mark.django_db
@@ -37,7 +47,9 @@ def assert_both_queues_answered(result_stdout: str) -> None:
     probes = {probe.queue: probe for probe in WorkerProbe.objects.all()}
     assert set(probes) == {"default", "gpu"}
     assert all(probe.is_answered for probe in probes.values()), result_stdout
-    assert probes["gpu"].details["torch"]  # the GPU queue's worker reports its accelerators
+    # The GPU queue's worker (this virtual environment's Python) reports its accelerators.
+    assert probes["gpu"].details["torch"] == importlib.metadata.version("torch")
+    assert probes["gpu"].details["devices"]
 
 
 @pytest.mark.slow

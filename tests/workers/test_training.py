@@ -145,7 +145,11 @@ def test_a_reward_round_trains_on_two_processes_through_accelerate_launch(
     # Step 0 is the linear probe's held-out evaluation, before any fine-tuning step.
     assert steps and all("loss" in row.values or "val_loss" in row.values for row in steps)
     assert "val_pairwise_accuracy" in steps.last().values  # the held-out evaluation joins it
-    assert (model_store / training_round.run_dir / "stages/reward/model").is_dir()
+    output = model_store / training_round.run_dir / "stages/reward"
+    assert (output / "model").is_dir()
+    # The size of the process group the stage trained in, not the launcher's environment: on
+    # a machine without GPUs, two processes that never joined would each train alone.
+    assert json.loads((output / "result.json").read_text())["processes"] == 2
 
 
 @pytest.mark.django_db

@@ -126,15 +126,21 @@ def make_round(
 
 
 def wait_for(
-    check: Callable[[], Any], *, timeout: float = 120, what: str = "", log: Path | None = None
+    check: Callable[[], Any],
+    *,
+    timeout: float = 120,
+    what: str = "",
+    log: Path | None = None,
+    every: float = 0.2,
 ) -> Any:
-    """Poll `check` until it returns something true; fail (with the worker's log) on timeout."""
+    """Poll `check` every `every` seconds until it returns something true; fail (with the
+    worker's log) on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
     pytest.fail(f"timed out waiting for {what}\n{tail}")
 
