@@ -37,6 +37,8 @@ from webapp.annotation.questions import TaskType
 from webapp.annotation.queue import next_item
 from webapp.storable import check_storable, storable_problem, unstorable_character
 
+pytestmark = pytest.mark.both_databases
+
 HX = {"HTTP_HX_REQUEST": "true"}
 
 # --- the check ----------------------------------------------------------------------------------

@@ -464,6 +464,7 @@ def pair_lease(make_project: MakeProject, add_items: AddItems, annotator: User) 
     return leased(project, annotator)
 
 
+@pytest.mark.both_databases
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

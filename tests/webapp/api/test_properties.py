@@ -18,6 +18,8 @@ from webapp.api.pseudonyms import annotator_pseudonym
 from webapp.exports.formats import FORMATS
 from webapp.exports.models import ExportSnapshot
 
+pytestmark = pytest.mark.both_databases
+
 EXAMPLES = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -28,6 +28,8 @@ from tests.webapp.api.conftest import API, MakeToken, Scene, bearer
 from webapp.accounts.models import User
 from webapp.annotation.models import Project
 
+pytestmark = pytest.mark.both_databases
+
 EXAMPLES_PER_OPERATION = 30
 
 
