@@ -46,7 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
     ]
     # Sessions are cached: in this process's memory, never in the checkout's data directory.
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    if IN_CI and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if os.environ.get("TEST_DATABASE") == "sqlite":  # bin/test's second run of both_databases
+        if engine != "django.db.backends.sqlite3":
+            raise pytest.UsageError("TEST_DATABASE=sqlite, but DATABASE_URL names another one.")
+    elif IN_CI and engine != "django.db.backends.postgresql":
         raise pytest.UsageError("CI=true: the tests must run on PostgreSQL; set DATABASE_URL.")
 
 
