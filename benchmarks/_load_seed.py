@@ -109,8 +109,10 @@ def seed(*, items: int, annotators: int, overlap: int) -> list[str]:
     return [user.username for user in users]
 
 
-def integrity(submitted: dict[tuple[str, int], int], overlap: int) -> dict[str, object]:
-    """Compare what the clients saw accepted (username, item id) -> score with the database."""
+def stored_answers(overlap: int) -> tuple[list[tuple[str, int, int, int]], dict[str, int]]:
+    """Live submissions as (username, item id, live labels, score), and the database's own
+    checks: (annotator, item) stored twice, items over `overlap`, items miscounted, and the
+    "submitted" events."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -140,6 +142,18 @@ def integrity(submitted: dict[tuple[str, int], int], overlap: int) -> dict[str, 
             [overlap],
         )
         duplicated, over_overlap, miscounted, submitted_events = cursor.fetchone()
+    checks = {
+        "duplicated_annotator_item": duplicated,
+        "items_over_overlap": over_overlap,
+        "items_miscounted": miscounted,
+        "submitted_events": submitted_events,
+    }
+    return stored, checks
+
+
+def integrity(submitted: dict[tuple[str, int], int], overlap: int) -> dict[str, object]:
+    """Compare what the clients saw accepted (username, item id) -> score with the database."""
+    stored, checks = stored_answers(overlap)
     in_database = {(name, item): score for name, item, _, score in stored}
     return {
         "accepted_submits": len(submitted),
@@ -152,10 +166,7 @@ def integrity(submitted: dict[tuple[str, int], int], overlap: int) -> dict[str, 
             if key in in_database and in_database[key] != score
         ),
         "submissions_without_one_label": sum(1 for row in stored if row[2] != 1),
-        "duplicated_annotator_item": duplicated,
-        "items_over_overlap": over_overlap,
-        "items_miscounted": miscounted,
-        "submitted_events": submitted_events,
+        **checks,
     }
 
 

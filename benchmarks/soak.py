@@ -79,18 +79,38 @@ class Soak:
     retries: int = 0
     kills: list[float] = field(default_factory=list)
     redis_window: tuple[float, float] | None = None
-    exhausted: int = 0
+    # Annotator.run (the load benchmark's pacing loop) counts annotators out of items here.
+    tally: Tally = field(default_factory=lambda: Tally(window=(0.0, float("inf"))))
     begin: float = 0.0  # when the load (and the clock of the faults) started
 
 
 class SoakAnnotator(Annotator):
     def __init__(self, base: str, username: str, soak: Soak, seed: int) -> None:
-        super().__init__(base, username, Tally(window=(0.0, float("inf"))), seed)
+        super().__init__(base, username, soak.tally, seed)
         self.soak = soak
 
-    async def submit(self) -> None:
+    async def request(
+        self, kind: str, method: str, url: str, **options: Any
+    ) -> tuple[str, int | str]:
+        """Body and status (or the client error's name) of one htmx request, recorded."""
         import aiohttp
 
+        started = time.monotonic()
+        body, status = "", "?"
+        try:
+            async with self.session.request(
+                method, url, headers=self._headers(), **options
+            ) as response:
+                body, status = await response.text(), response.status
+        except TimeoutError:
+            status = "timeout"
+        except aiohttp.ClientError as error:
+            status = type(error).__name__
+        elapsed = (time.monotonic() - started) * 1000
+        self.soak.requests.append(Request(kind, started, elapsed, status))
+        return body, status
+
+    async def submit(self) -> None:
         assert self.item is not None
         url, item_id = self.item
         answer = (self.username, item_id)
@@ -100,19 +120,7 @@ class SoakAnnotator(Annotator):
             if attempt:
                 self.soak.retries += 1
                 await asyncio.sleep(0.25 * attempt)
-            started = time.monotonic()
-            body, status = "", "?"
-            try:
-                async with self.session.post(
-                    self.base + url, data=form, headers=self._headers()
-                ) as response:
-                    body, status = await response.text(), response.status
-            except TimeoutError:
-                status = "timeout"
-            except aiohttp.ClientError as error:
-                status = type(error).__name__
-            elapsed = (time.monotonic() - started) * 1000
-            self.soak.requests.append(Request("submit", started, elapsed, status))
+            body, status = await self.request("submit", "POST", self.base + url, data=form)
             if status == 200:
                 self.soak.accepted[answer] = score
                 self.soak.unacknowledged.pop(answer, None)
@@ -126,38 +134,14 @@ class SoakAnnotator(Annotator):
 
     async def next_item_retrying(self) -> None:
         """GET the next item until the server answers 200 (with an item or without any left)."""
-        import aiohttp
-
         url = f"{self.base}/annotate/{seeding.SLUG}/"
         for attempt in range(RETRIES):
-            started = time.monotonic()
-            body, status = "", "?"
-            try:
-                async with self.session.get(url, headers=self._headers()) as response:
-                    body, status = await response.text(), response.status
-            except TimeoutError:
-                status = "timeout"
-            except aiohttp.ClientError as error:
-                status = type(error).__name__
-            elapsed = (time.monotonic() - started) * 1000
-            self.soak.requests.append(Request("next", started, elapsed, status))
+            body, status = await self.request("next", "GET", url)
             if status == 200:
                 self._take_item(body)
                 return
             await asyncio.sleep(0.25 * (attempt + 1))
         raise SystemExit(f"{self.username}: no next item after {RETRIES} tries (last: {status})")
-
-    async def run(self, stop_at: float, interval: float) -> None:
-        due = time.monotonic() + self.random.uniform(0, interval)
-        while True:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if time.monotonic() >= stop_at:
-                return
-            if self.item is None:
-                self.soak.exhausted += 1
-                return
-            await self.submit()
-            due = max(due + interval, time.monotonic())
 
 
 class PrivateRedis:
@@ -287,7 +271,7 @@ def load_line(args: argparse.Namespace, soak: Soak) -> dict[str, Any]:
         if soak.redis_window
         else None,
         "retries": soak.retries,
-        "annotators_out_of_items": soak.exhausted,
+        "annotators_out_of_items": soak.tally.exhausted,
         "p99_target_ms": P99_TARGET_MS,
         "p99_target_met": p99 is not None and p99 < P99_TARGET_MS,
         "server": f"gunicorn gthread {args.workers} workers x {args.threads} threads",
@@ -297,34 +281,7 @@ def load_line(args: argparse.Namespace, soak: Soak) -> dict[str, Any]:
 
 def integrity_line(soak: Soak, overlap: int) -> dict[str, Any]:
     """The database against what the annotators saw; an unacknowledged answer may be stored."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT u.username, s.item_id, count(l.id), min((l.value->>'score')::int)
-            FROM annotation_submission s
-            JOIN accounts_user u ON u.id = s.annotator_id
-            LEFT JOIN annotation_label l ON l.submission_id = s.id AND l.undone_at IS NULL
-            WHERE s.undone_at IS NULL
-            GROUP BY s.id, u.username, s.item_id
-            """
-        )
-        rows = cursor.fetchall()
-        cursor.execute(
-            """
-            SELECT
-              (SELECT count(*) FROM (SELECT 1 FROM annotation_submission
-                GROUP BY item_id, annotator_id HAVING count(*) > 1) d),
-              (SELECT count(*) FROM annotation_item WHERE live_submissions > %s),
-              (SELECT count(*) FROM annotation_item i LEFT JOIN (
-                SELECT item_id, count(*) AS n FROM annotation_submission
-                WHERE undone_at IS NULL GROUP BY item_id) c ON c.item_id = i.id
-                WHERE i.live_submissions <> coalesce(c.n, 0))
-            """,
-            [overlap],
-        )
-        duplicated, over_overlap, miscounted = cursor.fetchone()
+    rows, checks = seeding.stored_answers(overlap)
     stored = {(name, item): score for name, item, _, score in rows}
     unacknowledged = stored.keys() - soak.accepted.keys()
     checked = {
@@ -338,9 +295,7 @@ def integrity_line(soak: Soak, overlap: int) -> dict[str, Any]:
             stored[k] != soak.unacknowledged[k] for k in unacknowledged if k in soak.unacknowledged
         ),
         "submissions_without_one_label": sum(row[2] != 1 for row in rows),
-        "duplicated_annotator_item": duplicated,
-        "items_over_overlap": over_overlap,
-        "items_miscounted": miscounted,
+        **{name: value for name, value in checks.items() if name != "submitted_events"},
     }
     counts = ("accepted_submits", "submission_rows", "stored_without_reply")
     bad = [name for name, value in checked.items() if name not in counts and value]
